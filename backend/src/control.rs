@@ -1,0 +1,84 @@
+//! The daemon's control loop: signals. It runs on its own thread, driven
+//! by event-manager, and never touches the queues.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use log::{error, info};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use thiserror::Error;
+use vmm_sys_util::epoll::EventSet;
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("cannot block SIGTERM and SIGINT")]
+    Mask(#[source] nix::Error),
+    #[error("cannot create a signalfd")]
+    SignalFd(#[source] nix::Error),
+    #[error("cannot create the control event loop")]
+    EventManager(#[source] event_manager::Error),
+    #[error("cannot start the control thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Ends the daemon on SIGTERM or SIGINT: removes the socket file so no
+/// frontend connects to a dead path, and exits with status 0.
+struct Terminator {
+    fd: SignalFd,
+    socket_path: PathBuf,
+}
+
+impl MutEventSubscriber for Terminator {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let signal = match self.fd.read_signal() {
+            Ok(Some(info)) => {
+                Signal::try_from(info.ssi_signo as i32).map_or("a signal", |s| s.as_str())
+            }
+            Ok(None) => return,
+            Err(e) => {
+                error!("cannot read the signalfd: {e}");
+                return;
+            }
+        };
+        info!(
+            "received {signal}: removing {} and exiting",
+            self.socket_path.display()
+        );
+        let _ = std::fs::remove_file(&self.socket_path);
+        std::process::exit(0);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.fd.as_raw_fd(), EventSet::IN)) {
+            error!("cannot watch for signals: {e}");
+        }
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and so in every thread
+/// it starts later) and starts the thread that handles them. Call it before
+/// starting any other thread.
+pub fn start(socket_path: PathBuf) -> Result<(), ControlError> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.thread_block().map_err(ControlError::Mask)?;
+    let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(ControlError::SignalFd)?;
+    let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().map_err(ControlError::EventManager)?;
+    manager.add_subscriber(Arc::new(Mutex::new(Terminator { fd, socket_path })));
+    thread::Builder::new()
+        .name("zcnet-control".to_owned())
+        .spawn(move || loop {
+            if let Err(e) = manager.run() {
+                error!("control loop: {e}");
+            }
+        })
+        .map_err(ControlError::Thread)?;
+    Ok(())
+}

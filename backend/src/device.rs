@@ -1,0 +1,202 @@
+//! The virtio-net device as vhost-user-backend sees it: features, config
+//! space, one worker thread per queue pair, and event dispatch.
+
+use std::io;
+use std::sync::Arc;
+
+use log::{info, warn};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use zcnet_tap::{Attachment, Offloads};
+
+use crate::config_space::NetConfigSpace;
+use crate::datapath::Vring;
+use crate::features::{self, Negotiated};
+use crate::iovec::Mem;
+use crate::metrics::Metrics;
+use crate::queue_pair::{PairEvent, QueuePair};
+
+/// What the device is, independent of any connection.
+#[derive(Clone, Debug)]
+pub struct DeviceSpec {
+    pub mac: [u8; 6],
+    pub mtu: Option<u16>,
+    pub queue_size: u16,
+    /// The offloads the attachment accepts.
+    pub offloads: Offloads,
+}
+
+/// One connection's device: a fresh one is built for every frontend.
+pub struct NetDevice {
+    pairs: Vec<QueuePair>,
+    attachments: Vec<Arc<dyn Attachment>>,
+    mem: GuestMemoryAtomic<Mem>,
+    spec: DeviceSpec,
+    config: NetConfigSpace,
+    offered: u64,
+}
+
+impl NetDevice {
+    pub fn new(
+        spec: DeviceSpec,
+        attachments: &[Arc<dyn Attachment>],
+        metrics: &Metrics,
+        mem: GuestMemoryAtomic<Mem>,
+    ) -> io::Result<Self> {
+        let pairs = attachments
+            .iter()
+            .enumerate()
+            .map(|(i, a)| QueuePair::new(i, a.clone(), metrics.queue(i)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let config = NetConfigSpace::new(spec.mac, pairs.len() as u16, spec.mtu.unwrap_or(0));
+        Ok(NetDevice {
+            offered: features::offered(spec.offloads, spec.mtu.is_some()),
+            pairs,
+            attachments: attachments.to_vec(),
+            mem,
+            spec,
+            config,
+        })
+    }
+
+    pub fn queue_pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Adds each pair's fds to its worker thread.
+    pub fn register<B: VhostUserBackend>(
+        &self,
+        workers: &[Arc<VringEpollHandler<B>>],
+    ) -> io::Result<()> {
+        for (pair, worker) in self.pairs.iter().zip(workers) {
+            pair.register(worker, self.num_queues())?;
+        }
+        Ok(())
+    }
+
+    /// Removes each pair's fds from its worker thread.
+    pub fn unregister<B: VhostUserBackend>(&self, workers: &[Arc<VringEpollHandler<B>>]) {
+        for (pair, worker) in self.pairs.iter().zip(workers) {
+            pair.unregister(worker, self.num_queues());
+        }
+    }
+}
+
+impl VhostUserBackend for NetDevice {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        2 * self.pairs.len()
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.spec.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        self.offered
+    }
+
+    fn acked_features(&self, bits: u64) {
+        let features = Negotiated { bits };
+        let offloads = features.rx_offloads();
+        for (i, a) in self.attachments.iter().enumerate() {
+            if let Err(e) = a.set_vnet_hdr_len(features.hdr_len()) {
+                warn!("queue pair {i}: cannot set the vnet header length: {e}");
+            }
+            if let Err(e) = a.set_offloads(offloads) {
+                warn!("queue pair {i}: cannot set receive offloads {offloads:?}: {e}");
+            }
+        }
+        for pair in &self.pairs {
+            pair.set_features(features);
+        }
+        info!(
+            "features negotiated: {bits:#x} (header {} bytes, mergeable RX {}, RX offloads {:?})",
+            features.hdr_len(),
+            features.mergeable_rx(),
+            offloads
+        );
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        features::protocol()
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The vrings carry the flag; the datapath asks each queue.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        self.config.read(offset, size).unwrap_or_else(|| {
+            warn!("frontend read config space {offset}+{size}, outside the device's");
+            Vec::new()
+        })
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        warn!(
+            "frontend wrote {} bytes of config space at {offset}; it is read-only",
+            buf.len()
+        );
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "virtio-net config space is read-only",
+        ))
+    }
+
+    fn update_memory(&self, _mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {
+        // The same GuestMemoryAtomic was given to the daemon and already
+        // holds the new map; in-flight work keeps its old snapshot.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.pairs.len()).map(|p| 0b11u64 << (2 * p)).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                warn!("cannot create a worker exit event: {e}");
+                None
+            }
+        }
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        let pair = self
+            .pairs
+            .get(queue_index as usize / 2)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no such queue"))?;
+        pair.stop_queue(queue_index);
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let (Some(pair), [rx, tx]) = (self.pairs.get(thread_id), vrings) else {
+            warn!("event {device_event} for unknown worker {thread_id}");
+            return Ok(());
+        };
+        let Some(event) = PairEvent::decode(device_event, evset, self.num_queues()) else {
+            warn!("queue pair {thread_id}: unknown event id {device_event}");
+            return Ok(());
+        };
+        let mem = self.mem.memory();
+        pair.handle(event, rx, tx, &mem);
+        Ok(())
+    }
+}

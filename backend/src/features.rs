@@ -1,0 +1,177 @@
+//! Which virtio-net features zcnet offers, and what a negotiated set means
+//! for the datapath: header length, receive offloads, buffer gathering.
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::*;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use zcnet_tap::Offloads;
+
+const fn bit(b: u32) -> u64 {
+    1 << b
+}
+
+/// Features offered whatever the tap supports.
+///
+/// IN_ORDER is deliberately absent: a chain lent to the kernel through a
+/// zero-copy attachment completes when the kernel releases its pages, which
+/// need not be the order the guest queued them in.
+const BASE: u64 = bit(VIRTIO_F_VERSION_1)
+    | bit(VIRTIO_RING_F_EVENT_IDX)
+    | bit(VIRTIO_RING_F_INDIRECT_DESC)
+    | bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_MRG_RXBUF)
+    | bit(VIRTIO_NET_F_STATUS)
+    | bit(VIRTIO_NET_F_MAC)
+    | bit(VIRTIO_NET_F_MQ);
+
+/// The header length with VERSION_1 or MRG_RXBUF (`virtio_net_hdr_v1`).
+pub const HDR_LEN_V1: usize = 12;
+/// The legacy header length without either (`virtio_net_hdr`).
+pub const HDR_LEN_LEGACY: usize = 10;
+
+/// The virtio feature bits offered to the frontend, given what the tap
+/// accepts (`tap`) and whether the device has an MTU to report.
+pub fn offered(tap: Offloads, mtu: bool) -> u64 {
+    let mut f = BASE | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    // HOST_* lets the guest send offloaded frames, which the tap accepts
+    // in the vnet header; GUEST_* lets the tap hand them to the guest.
+    for (ok, host, guest) in [
+        (tap.tso4, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_GUEST_TSO4),
+        (tap.tso6, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_GUEST_TSO6),
+        (tap.tso_ecn, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_GUEST_ECN),
+        (tap.ufo, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_GUEST_UFO),
+    ] {
+        if ok {
+            f |= bit(host) | bit(guest);
+        }
+    }
+    if tap.uso4 && tap.uso6 {
+        f |= bit(VIRTIO_NET_F_HOST_USO)
+            | bit(VIRTIO_NET_F_GUEST_USO4)
+            | bit(VIRTIO_NET_F_GUEST_USO6);
+    }
+    if mtu {
+        f |= bit(VIRTIO_NET_F_MTU);
+    }
+    f
+}
+
+/// The vhost-user protocol features zcnet speaks.
+///
+/// NET_MTU is not offered: the vhost crate cannot dispatch NET_SET_MTU, so
+/// QEMU (which only sends it when NET_MTU is negotiated) never sends it.
+pub fn protocol() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::CONFIG
+}
+
+/// What a negotiated feature set means for one connection's datapath.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    pub bits: u64,
+}
+
+impl Negotiated {
+    pub fn has(&self, b: u32) -> bool {
+        self.bits & bit(b) != 0
+    }
+
+    /// Length of the virtio-net header in front of every frame.
+    pub fn hdr_len(&self) -> usize {
+        if self.has(VIRTIO_F_VERSION_1) || self.has(VIRTIO_NET_F_MRG_RXBUF) {
+            HDR_LEN_V1
+        } else {
+            HDR_LEN_LEGACY
+        }
+    }
+
+    /// Whether one received frame may span several descriptor chains.
+    pub fn mergeable_rx(&self) -> bool {
+        self.has(VIRTIO_NET_F_MRG_RXBUF)
+    }
+
+    /// The offloads the tap may deliver to this guest.
+    pub fn rx_offloads(&self) -> Offloads {
+        Offloads {
+            csum: self.has(VIRTIO_NET_F_GUEST_CSUM),
+            tso4: self.has(VIRTIO_NET_F_GUEST_TSO4),
+            tso6: self.has(VIRTIO_NET_F_GUEST_TSO6),
+            tso_ecn: self.has(VIRTIO_NET_F_GUEST_ECN),
+            ufo: self.has(VIRTIO_NET_F_GUEST_UFO),
+            uso4: self.has(VIRTIO_NET_F_GUEST_USO4),
+            uso6: self.has(VIRTIO_NET_F_GUEST_USO6),
+        }
+    }
+
+    /// Whether the guest may send GSO type `gso_type` (ECN bit cleared).
+    pub fn tx_gso_allowed(&self, gso_type: u8) -> bool {
+        match u32::from(gso_type) {
+            VIRTIO_NET_HDR_GSO_TCPV4 => self.has(VIRTIO_NET_F_HOST_TSO4),
+            VIRTIO_NET_HDR_GSO_TCPV6 => self.has(VIRTIO_NET_F_HOST_TSO6),
+            VIRTIO_NET_HDR_GSO_UDP => self.has(VIRTIO_NET_F_HOST_UFO),
+            VIRTIO_NET_HDR_GSO_UDP_L4 => self.has(VIRTIO_NET_F_HOST_USO),
+            _ => false,
+        }
+    }
+
+    /// Whether the guest may set the ECN bit on a GSO frame.
+    pub fn tx_ecn_allowed(&self) -> bool {
+        self.has(VIRTIO_NET_F_HOST_ECN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_is_never_offered() {
+        const VIRTIO_F_IN_ORDER: u32 = 35;
+        assert_eq!(offered(Offloads::ALL, true) & bit(VIRTIO_F_IN_ORDER), 0);
+    }
+
+    #[test]
+    fn offloads_follow_the_tap() {
+        let none = offered(Offloads::default(), false);
+        assert_eq!(none & bit(VIRTIO_NET_F_HOST_TSO4), 0);
+        assert_eq!(none & bit(VIRTIO_NET_F_MTU), 0);
+        let all = offered(Offloads::ALL, true);
+        for b in [
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_HOST_USO,
+            VIRTIO_NET_F_MTU,
+            VIRTIO_NET_F_MQ,
+        ] {
+            assert_ne!(all & bit(b), 0, "bit {b}");
+        }
+    }
+
+    #[test]
+    fn header_length_depends_on_version_and_mergeable() {
+        assert_eq!(Negotiated { bits: 0 }.hdr_len(), HDR_LEN_LEGACY);
+        let mrg = Negotiated {
+            bits: bit(VIRTIO_NET_F_MRG_RXBUF),
+        };
+        assert_eq!(mrg.hdr_len(), HDR_LEN_V1);
+        let v1 = Negotiated {
+            bits: bit(VIRTIO_F_VERSION_1),
+        };
+        assert_eq!(v1.hdr_len(), HDR_LEN_V1);
+    }
+
+    #[test]
+    fn rx_offloads_map_guest_bits() {
+        let n = Negotiated {
+            bits: bit(VIRTIO_NET_F_GUEST_CSUM) | bit(VIRTIO_NET_F_GUEST_TSO4),
+        };
+        let o = n.rx_offloads();
+        assert!(o.csum && o.tso4 && !o.tso6 && !o.ufo);
+        assert!(n.tx_gso_allowed(VIRTIO_NET_HDR_GSO_NONE as u8) == false);
+        assert!(!n.tx_gso_allowed(VIRTIO_NET_HDR_GSO_TCPV4 as u8));
+    }
+}

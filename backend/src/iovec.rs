@@ -1,0 +1,392 @@
+//! The one place where guest descriptor chains become iovecs.
+//!
+//! Every range is bounds-checked against the guest memory map with
+//! `get_slices`, so an iovec built here always points into memory that is
+//! mapped for as long as the `GuestMemoryMmap` snapshot it came from lives.
+//! Callers keep that snapshot (a `GuestMemoryLoadGuard`) alive across the
+//! system call that uses the iovecs; a later SET_MEM_TABLE swaps in a new
+//! map but cannot unmap the old one while the guard holds it.
+
+use std::ops::Deref;
+
+use thiserror::Error;
+use virtio_queue::DescriptorChain;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+
+/// The guest memory map zcnet works on (no dirty-page bitmap: zcnet does
+/// not offer LOG_SHMFD, so live migration is refused by the frontend).
+pub type Mem = GuestMemoryMmap<()>;
+
+/// The most segments a single frame may have: the kernel's IOV_MAX.
+pub const MAX_SEGMENTS: usize = 1024;
+
+/// Why a chain cannot be used. The chain goes back with length 0.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ChainError {
+    #[error("descriptor {addr:#x}+{len} is outside guest memory")]
+    OutOfMemory { addr: u64, len: u32 },
+    #[error(
+        "descriptor {addr:#x}+{len} is device-{found} in a chain that must be device-{wanted}"
+    )]
+    WrongDirection {
+        addr: u64,
+        len: u32,
+        found: &'static str,
+        wanted: &'static str,
+    },
+    #[error("chain is broken: a loop, longer than the queue, or a bad indirect table")]
+    Broken,
+    #[error("chain has no descriptors")]
+    Empty,
+    #[error("chain has more than {MAX_SEGMENTS} memory segments")]
+    TooManySegments,
+    #[error("chain holds {len} bytes, more than the limit of {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("chain holds {len} bytes, less than the {min}-byte minimum")]
+    TooShort { len: usize, min: usize },
+}
+
+/// Which way the bytes of a chain flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Device-readable: a TX frame.
+    Readable,
+    /// Device-writable: an RX buffer.
+    Writable,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Readable => "readable",
+            Direction::Writable => "writable",
+        }
+    }
+}
+
+/// A reusable list of iovecs pointing into guest memory.
+///
+/// The iovecs are only valid while the memory snapshot passed to
+/// [`GuestIoVecs::push_chain`] is alive; the datapath keeps both in one
+/// scope and clears the list before the snapshot is dropped.
+#[derive(Default)]
+pub struct GuestIoVecs {
+    iov: Vec<libc::iovec>,
+    len: usize,
+}
+
+// SAFETY: the raw pointers are plain addresses into guest memory, which is
+// shared with the guest and every thread of the daemon anyway; the list is
+// only dereferenced by the kernel during a syscall made while the memory
+// snapshot is held.
+unsafe impl Send for GuestIoVecs {}
+
+impl GuestIoVecs {
+    pub fn new() -> Self {
+        Self {
+            iov: Vec::with_capacity(64),
+            len: 0,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.iov.clear();
+        self.len = 0;
+    }
+
+    /// Total bytes described.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[libc::iovec] {
+        &self.iov
+    }
+
+    /// Number of iovecs.
+    pub fn segments(&self) -> usize {
+        self.iov.len()
+    }
+
+    /// Appends every descriptor of `chain`, which must all flow in
+    /// `direction` and hold between `min_len` and `max_len` bytes. Returns
+    /// the chain's byte length. On error the list is left as it was.
+    pub fn push_chain<M>(
+        &mut self,
+        chain: DescriptorChain<M>,
+        mem: &Mem,
+        direction: Direction,
+        min_len: usize,
+        max_len: usize,
+    ) -> Result<usize, ChainError>
+    where
+        M: Deref,
+        M::Target: vm_memory::GuestMemory,
+    {
+        let (old_segments, old_len) = (self.iov.len(), self.len);
+        let mut result =
+            self.push_descriptors(chain, mem, direction, old_len.saturating_add(max_len));
+        let len = self.len - old_len;
+        if result.is_ok() && len < min_len {
+            result = Err(ChainError::TooShort { len, min: min_len });
+        }
+        if let Err(e) = result {
+            self.iov.truncate(old_segments);
+            self.len = old_len;
+            return Err(e);
+        }
+        Ok(len)
+    }
+
+    /// Drops the first `segments` iovecs, which together hold `bytes`.
+    pub fn drain_front(&mut self, segments: usize, bytes: usize) {
+        self.iov.drain(..segments);
+        self.len -= bytes;
+    }
+
+    fn push_descriptors<M>(
+        &mut self,
+        chain: DescriptorChain<M>,
+        mem: &Mem,
+        direction: Direction,
+        max_len: usize,
+    ) -> Result<(), ChainError>
+    where
+        M: Deref,
+        M::Target: vm_memory::GuestMemory,
+    {
+        // The chain iterator stops early, without saying why, on a loop, a
+        // chain longer than the queue, or a bad indirect table. A chain is
+        // whole only if its last descriptor has no NEXT flag.
+        let mut last_has_next = None;
+        for desc in chain {
+            last_has_next = Some(desc.has_next());
+            let (addr, len) = (desc.addr().0, desc.len());
+            let wanted_write = direction == Direction::Writable;
+            if desc.is_write_only() != wanted_write {
+                return Err(ChainError::WrongDirection {
+                    addr,
+                    len,
+                    found: if desc.is_write_only() {
+                        "writable"
+                    } else {
+                        "readable"
+                    },
+                    wanted: direction.name(),
+                });
+            }
+            let total = self.len.saturating_add(len as usize);
+            if total > max_len {
+                return Err(ChainError::TooLong {
+                    len: total,
+                    max: max_len,
+                });
+            }
+            for slice in mem.get_slices(desc.addr(), len as usize) {
+                // The memory error only restates the address and length.
+                let Ok(slice) = slice else {
+                    return Err(ChainError::OutOfMemory { addr, len });
+                };
+                if self.iov.len() == MAX_SEGMENTS {
+                    return Err(ChainError::TooManySegments);
+                }
+                self.iov.push(libc::iovec {
+                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: slice.len(),
+                });
+            }
+            self.len = total;
+        }
+        match last_has_next {
+            None => Err(ChainError::Empty),
+            Some(true) => Err(ChainError::Broken),
+            Some(false) => Ok(()),
+        }
+    }
+
+    /// Copies up to `out.len()` bytes from the start of the described
+    /// memory into `out`; returns how many were copied.
+    pub fn read_prefix(&self, out: &mut [u8]) -> usize {
+        let mut done = 0;
+        for v in &self.iov {
+            if done == out.len() {
+                break;
+            }
+            let n = v.iov_len.min(out.len() - done);
+            // SAFETY: every iovec was built from a bounds-checked
+            // VolatileSlice of the memory snapshot the caller still holds,
+            // so `iov_base..+n` is mapped. Volatile byte reads never form a
+            // Rust reference to guest memory the guest may be writing.
+            for (i, b) in out[done..done + n].iter_mut().enumerate() {
+                *b = unsafe { std::ptr::read_volatile((v.iov_base as *const u8).add(i)) };
+            }
+            done += n;
+        }
+        done
+    }
+
+    /// Writes `bytes` at byte offset `offset` of the described memory.
+    /// Returns false if the memory is shorter than `offset + bytes.len()`.
+    pub fn write_at(&self, mut offset: usize, bytes: &[u8]) -> bool {
+        let mut rest = bytes;
+        for v in &self.iov {
+            if rest.is_empty() {
+                break;
+            }
+            if offset >= v.iov_len {
+                offset -= v.iov_len;
+                continue;
+            }
+            let n = (v.iov_len - offset).min(rest.len());
+            for (i, b) in rest[..n].iter().enumerate() {
+                // SAFETY: as in `read_prefix`, `iov_base + offset + i` lies
+                // inside a mapped slice of the held snapshot (offset + i <
+                // iov_len), and only device-writable iovecs are written.
+                unsafe { std::ptr::write_volatile((v.iov_base as *mut u8).add(offset + i), *b) };
+            }
+            rest = &rest[n..];
+            offset = 0;
+        }
+        rest.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn mem() -> Mem {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
+    }
+
+    #[test]
+    fn readable_chain_becomes_iovecs_over_guest_bytes() {
+        let m = mem();
+        m.write_slice(b"hello", GuestAddress(0x8000)).unwrap();
+        m.write_slice(b" world", GuestAddress(0x9000)).unwrap();
+        let q = MockSplitQueue::new(&m, 16);
+        let chain = q
+            .build_desc_chain(&[desc(0x8000, 5, 0, 0), desc(0x9000, 6, 0, 0)])
+            .unwrap();
+        let mut iov = GuestIoVecs::new();
+        assert_eq!(
+            iov.push_chain(chain, &m, Direction::Readable, 0, 100),
+            Ok(11)
+        );
+        let mut out = [0u8; 11];
+        assert_eq!(iov.read_prefix(&mut out), 11);
+        assert_eq!(&out, b"hello world");
+    }
+
+    #[test]
+    fn write_only_descriptor_in_tx_chain_is_refused() {
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 16);
+        let chain = q
+            .build_desc_chain(&[
+                desc(0x8000, 5, 0, 0),
+                desc(0x9000, 6, VRING_DESC_F_WRITE, 0),
+            ])
+            .unwrap();
+        let mut iov = GuestIoVecs::new();
+        let err = iov
+            .push_chain(chain, &m, Direction::Readable, 0, 100)
+            .unwrap_err();
+        assert!(matches!(err, ChainError::WrongDirection { .. }), "{err}");
+        assert!(iov.is_empty() && iov.as_slice().is_empty());
+    }
+
+    #[test]
+    fn descriptor_outside_memory_is_refused() {
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 16);
+        let chain = q.build_desc_chain(&[desc(0xff000, 0x2000, 0, 0)]).unwrap();
+        let mut iov = GuestIoVecs::new();
+        assert_eq!(
+            iov.push_chain(chain, &m, Direction::Readable, 0, 1 << 20),
+            Err(ChainError::OutOfMemory {
+                addr: 0xff000,
+                len: 0x2000
+            })
+        );
+    }
+
+    #[test]
+    fn looping_chain_is_refused() {
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 4);
+        // 0 -> 1 -> 0 -> ... never ends.
+        q.add_desc_chains(
+            &[
+                desc(0x8000, 1, VRING_DESC_F_NEXT, 1),
+                desc(0x8000, 1, VRING_DESC_F_NEXT, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
+        use virtio_queue::QueueT;
+        let chain = queue.pop_descriptor_chain(&m).unwrap();
+        let mut iov = GuestIoVecs::new();
+        assert_eq!(
+            iov.push_chain(chain, &m, Direction::Readable, 0, 1 << 20),
+            Err(ChainError::Broken)
+        );
+    }
+
+    #[test]
+    fn over_long_chain_is_refused() {
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 16);
+        let chain = q.build_desc_chain(&[desc(0x8000, 0x9000, 0, 0)]).unwrap();
+        let mut iov = GuestIoVecs::new();
+        assert!(matches!(
+            iov.push_chain(chain, &m, Direction::Readable, 0, 0x8000),
+            Err(ChainError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn short_chain_is_refused() {
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 16);
+        let chain = q.build_desc_chain(&[desc(0x8000, 8, 0, 0)]).unwrap();
+        let mut iov = GuestIoVecs::new();
+        assert_eq!(
+            iov.push_chain(chain, &m, Direction::Readable, 12, 100),
+            Err(ChainError::TooShort { len: 8, min: 12 })
+        );
+        assert_eq!(iov.segments(), 0);
+    }
+
+    #[test]
+    fn write_at_spans_segments() {
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 16);
+        let chain = q
+            .build_desc_chain(&[
+                desc(0x8000, 11, VRING_DESC_F_WRITE, 0),
+                desc(0x9000, 100, VRING_DESC_F_WRITE, 0),
+            ])
+            .unwrap();
+        let mut iov = GuestIoVecs::new();
+        iov.push_chain(chain, &m, Direction::Writable, 0, 1 << 20)
+            .unwrap();
+        assert!(iov.write_at(10, &[0xaa, 0xbb]));
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x800a)).unwrap(), 0xaa);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x9000)).unwrap(), 0xbb);
+        assert!(!iov.write_at(110, &[1, 2]));
+    }
+}

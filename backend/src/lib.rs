@@ -1,0 +1,22 @@
+//! zcnet: a vhost-user virtio-net backend.
+//!
+//! The daemon ([`daemon`]) serves QEMU or cloud-hypervisor over a Unix
+//! socket. Each queue pair ([`queue_pair`]) carries frames between its two
+//! virtqueues and a host attachment: the TX path ([`tx`]) sends straight
+//! from guest memory, the RX path ([`rx`]) receives straight into it, and
+//! [`iovec`] is the one place where descriptors become iovecs.
+
+pub mod cli;
+mod config_space;
+mod control;
+pub mod daemon;
+mod datapath;
+mod device;
+pub mod features;
+mod guest_errors;
+pub mod iovec;
+pub mod metrics;
+mod queue_pair;
+mod rx;
+mod tx;
+mod vnet_hdr;

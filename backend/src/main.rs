@@ -1,0 +1,30 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::error;
+use zcnet::cli::{Args, Config};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = match Config::try_from(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("zcnet: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match zcnet::daemon::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                msg.push_str(": ");
+                msg.push_str(&c.to_string());
+                cause = c.source();
+            }
+            error!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

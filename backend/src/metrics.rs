@@ -1,0 +1,181 @@
+//! Counters an operator can read: per queue pair, lock-free, served in the
+//! Prometheus/OpenMetrics text format by `--metrics ADDR:PORT`.
+//!
+//! Counters belong to the daemon, not to a connection, so they keep
+//! counting across frontend reconnects.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+
+use log::{error, info, warn};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use thiserror::Error;
+
+type Labels = Vec<(String, String)>;
+
+/// One queue pair's counters. Cloning shares the same atomics.
+#[derive(Clone, Debug, Default)]
+pub struct QueueMetrics {
+    pub tx_frames: Counter,
+    pub tx_bytes: Counter,
+    pub tx_dropped: Counter,
+    pub rx_frames: Counter,
+    pub rx_bytes: Counter,
+    pub rx_dropped: Counter,
+    pub malformed_chains: Counter,
+}
+
+/// The daemon's metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    queues: Vec<QueueMetrics>,
+    pub connections: Counter,
+}
+
+impl Metrics {
+    pub fn new(queue_pairs: usize) -> Self {
+        let mut registry = Registry::default();
+        let mut family = |name: &str, help: &str| {
+            let f = Family::<Labels, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let tx_frames = family(
+            "zcnet_tx_frames",
+            "Frames the guest sent that reached the host",
+        );
+        let tx_bytes = family(
+            "zcnet_tx_bytes",
+            "Bytes of guest frames sent to the host, without virtio-net header",
+        );
+        let tx_dropped = family(
+            "zcnet_tx_dropped",
+            "Guest frames the host refused (for example the tap is down)",
+        );
+        let rx_frames = family("zcnet_rx_frames", "Frames delivered into guest buffers");
+        let rx_bytes = family(
+            "zcnet_rx_bytes",
+            "Bytes of frames delivered to the guest, without virtio-net header",
+        );
+        let rx_dropped = family(
+            "zcnet_rx_dropped",
+            "Host frames that could not be delivered to the guest",
+        );
+        let malformed = family(
+            "zcnet_malformed_chains",
+            "Descriptor chains from the guest that were malformed and returned with length 0",
+        );
+        let queues = (0..queue_pairs)
+            .map(|q| {
+                let l: Labels = vec![("queue".to_owned(), q.to_string())];
+                QueueMetrics {
+                    tx_frames: tx_frames.get_or_create(&l).clone(),
+                    tx_bytes: tx_bytes.get_or_create(&l).clone(),
+                    tx_dropped: tx_dropped.get_or_create(&l).clone(),
+                    rx_frames: rx_frames.get_or_create(&l).clone(),
+                    rx_bytes: rx_bytes.get_or_create(&l).clone(),
+                    rx_dropped: rx_dropped.get_or_create(&l).clone(),
+                    malformed_chains: malformed.get_or_create(&l).clone(),
+                }
+            })
+            .collect();
+        let connections = Counter::default();
+        registry.register(
+            "zcnet_frontend_connections",
+            "vhost-user frontend connections accepted",
+            connections.clone(),
+        );
+        Metrics {
+            registry,
+            queues,
+            connections,
+        }
+    }
+
+    /// The counters of queue pair `pair`.
+    pub fn queue(&self, pair: usize) -> QueueMetrics {
+        self.queues[pair].clone()
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[derive(Debug, Error)]
+#[error("cannot serve metrics on {addr}")]
+pub struct ServeError {
+    addr: SocketAddr,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Serves `GET /metrics` on `addr` from a thread of its own.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, ServeError> {
+    let server = tiny_http::Server::http(addr).map_err(|source| ServeError { addr, source })?;
+    let bound = server.server_addr().to_ip().ok_or_else(|| ServeError {
+        addr,
+        source: Box::new(io::Error::other("not an IP listener")),
+    })?;
+    info!("serving metrics on http://{bound}/metrics");
+    thread::Builder::new()
+        .name("zcnet-metrics".to_owned())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let response = if request.url() == "/metrics" || request.url() == "/" {
+                    let header = tiny_http::Header::from_bytes(
+                        &b"Content-Type"[..],
+                        &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
+                    )
+                    .expect("static header is valid");
+                    tiny_http::Response::from_string(metrics.render()).with_header(header)
+                } else {
+                    tiny_http::Response::from_string("not found; try /metrics\n")
+                        .with_status_code(404)
+                };
+                if let Err(e) = request.respond(response) {
+                    warn!("metrics: cannot answer a scrape: {e}");
+                }
+            }
+            error!("metrics server stopped");
+        })
+        .map_err(|e| ServeError {
+            addr,
+            source: Box::new(e),
+        })?;
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_per_queue() {
+        let m = Metrics::new(2);
+        m.queue(1).tx_frames.inc_by(7);
+        m.queue(0).malformed_chains.inc();
+        let text = m.render();
+        assert!(
+            text.contains("zcnet_tx_frames_total{queue=\"1\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zcnet_tx_frames_total{queue=\"0\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zcnet_malformed_chains_total{queue=\"0\"} 1\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! The interface between a queue pair and the host side it carries frames to.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use crate::Offloads;
+
+/// What became of a frame handed to [`Attachment::send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// The kernel took its own copy: the guest's buffers may go back now.
+    Copied,
+    /// The kernel holds references to the guest's pages. The chain may go
+    /// back only when zero-copy notifications cover every id in
+    /// `first_id..=last_id` (ids wrap at 2^32).
+    Lent { first_id: u32, last_id: u32 },
+}
+
+/// A host attachment: where guest TX frames go and guest RX frames come from.
+///
+/// Each queue pair owns one attachment. An attachment never allocates or
+/// copies in user space: it is handed iovecs that point into guest memory.
+pub trait Attachment: Send + Sync {
+    /// The fd the queue pair's worker polls for readiness.
+    fn fd(&self) -> BorrowedFd<'_>;
+
+    /// Sends one frame, gathered from `iov`. The first bytes are the
+    /// virtio-net header when the attachment carries one.
+    ///
+    /// `Err(WouldBlock)` means nothing was sent and the caller should wait
+    /// for the fd to become writable.
+    fn send(&self, iov: &[libc::iovec]) -> io::Result<Sent>;
+
+    /// Receives one frame, scattered into `iov`; returns its length.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that is mapped, writable, and not
+    /// referenced by any Rust reference for the duration of the call.
+    unsafe fn recv(&self, iov: &[libc::iovec]) -> io::Result<usize>;
+
+    /// Sets the length of the virtio-net header that precedes every frame
+    /// in both directions (10 or 12 bytes).
+    fn set_vnet_hdr_len(&self, len: usize) -> io::Result<()>;
+
+    /// Sets what the attachment may deliver to the guest.
+    fn set_offloads(&self, offloads: Offloads) -> io::Result<()>;
+}

@@ -1,0 +1,15 @@
+//! The host side of zcnet.
+//!
+//! [`tap`] is the only module in the project that speaks to `/dev/net/tun`.
+//! [`attachment`] is the interface the datapath uses to hand a frame to the
+//! host: a send either completes at once (the kernel copied the frame) or is
+//! lent, in which case the descriptor chain stays with zcnet until the kernel
+//! reports that it released the guest's pages.
+
+pub mod attachment;
+pub mod offload;
+pub mod tap;
+
+pub use attachment::{Attachment, Sent};
+pub use offload::Offloads;
+pub use tap::{Tap, TapError};

@@ -1,0 +1,252 @@
+//! The tap device: the only code in zcnet that speaks to `/dev/net/tun`.
+//!
+//! A zcnet tap is always `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR |
+//! IFF_MULTI_QUEUE`: one fd per queue pair, each carrying a virtio-net header
+//! in front of every frame so checksum offload and GSO pass through.
+//!
+//! The tap copies once: `writev` from user space goes through
+//! `tun_get_user`, which copies the guest's bytes into a fresh skb. A tap fd
+//! cannot take `MSG_ZEROCOPY`, so every send completes at once.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use thiserror::Error;
+
+use crate::attachment::{Attachment, Sent};
+use crate::Offloads;
+
+const TUN_PATH: &str = "/dev/net/tun";
+
+// ioctl numbers from <linux/if_tun.h>: _IOW('T', nr, int/unsigned int).
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+
+/// Why a tap could not be opened or configured.
+#[derive(Debug, Error)]
+pub enum TapError {
+    #[error("tap name {0:?} is not valid: it must be 1 to 15 bytes with no NUL or '/'")]
+    InvalidName(String),
+    #[error("cannot open {TUN_PATH}")]
+    OpenTun(#[source] io::Error),
+    #[error(
+        "tap {name:?} exists but cannot be attached as a multi-queue tap with a vnet header; \
+         recreate it with `ip tuntap add dev {name} mode tap multi_queue vnet_hdr`"
+    )]
+    Incompatible {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "not permitted to open or create tap {name:?}: run as root, or create it first with \
+         `ip tuntap add dev {name} mode tap multi_queue vnet_hdr user $USER`"
+    )]
+    NotPermitted {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot attach queue {queue} of tap {name:?}")]
+    Attach {
+        name: String,
+        queue: usize,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One queue of a multi-queue tap device.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Opens `queues` queues of the tap called `name`, creating the device
+    /// if it does not exist (it then lives as long as zcnet holds its fds).
+    pub fn open_queues(name: &str, queues: usize) -> Result<Vec<Tap>, TapError> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['\0', '/']) {
+            return Err(TapError::InvalidName(name.to_owned()));
+        }
+        (0..queues)
+            .map(|queue| Self::open_one(name, queue))
+            .collect()
+    }
+
+    fn open_one(name: &str, queue: usize) -> Result<Tap, TapError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(TUN_PATH)
+            .map_err(TapError::OpenTun)?;
+
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
+
+        // SAFETY: `file` is an fd of /dev/net/tun that we own and keep open
+        // for the call; TUNSETIFF reads and writes one `struct ifreq`, and
+        // `ifr` is a valid, exclusively borrowed ifreq that outlives it.
+        let ret = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut ifr) };
+        if ret < 0 {
+            let source = io::Error::last_os_error();
+            let name = name.to_owned();
+            return Err(match source.raw_os_error() {
+                Some(libc::EPERM) => TapError::NotPermitted { name, source },
+                Some(libc::EINVAL) => TapError::Incompatible { name, source },
+                _ => TapError::Attach {
+                    name,
+                    queue,
+                    source,
+                },
+            });
+        }
+        Ok(Tap {
+            file,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn ioctl_int(&self, request: libc::c_ulong, value: libc::c_int) -> io::Result<()> {
+        // SAFETY: the fd is an attached tap queue owned by `self`; the
+        // TUNSETVNETHDRSZ request reads one int through the pointer, which
+        // points at a live local.
+        let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), request, &value) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sets the virtio-net header length (10 or 12) of the device.
+    pub fn set_vnet_hdr_len(&self, len: usize) -> io::Result<()> {
+        let len = libc::c_int::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        self.ioctl_int(TUNSETVNETHDRSZ, len)
+    }
+
+    /// Sets the offloads the device may hand to the reader.
+    pub fn set_offloads(&self, offloads: Offloads) -> io::Result<()> {
+        // SAFETY: the fd is an attached tap queue owned by `self`;
+        // TUNSETOFFLOAD takes its argument by value, not through a pointer.
+        let ret = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD,
+                libc::c_ulong::from(offloads.tun_flags()),
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The offloads this kernel's tun driver accepts: each GSO type is
+    /// tried on its own, and kept if the kernel takes it.
+    pub fn supported_offloads(&self) -> Offloads {
+        let mut supported = Offloads {
+            csum: true,
+            ..Offloads::default()
+        };
+        if self.set_offloads(supported).is_err() {
+            return Offloads::default();
+        }
+        let candidates: [fn(&mut Offloads) -> &mut bool; 6] = [
+            |o| &mut o.tso4,
+            |o| &mut o.tso6,
+            |o| &mut o.tso_ecn,
+            |o| &mut o.ufo,
+            |o| &mut o.uso4,
+            |o| &mut o.uso6,
+        ];
+        for field in candidates {
+            let mut trial = supported;
+            *field(&mut trial) = true;
+            if self.set_offloads(trial).is_ok() {
+                supported = trial;
+            }
+        }
+        // Leave the device delivering nothing special until a guest
+        // negotiates its RX offloads.
+        let _ = self.set_offloads(Offloads::default());
+        supported
+    }
+
+    /// Writes one frame gathered from `iov`. The kernel copies it once.
+    pub fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        let count = libc::c_int::try_from(iov.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: the fd is an attached tap queue owned by `self`. writev
+        // only reads the described memory; a range that is not mapped makes
+        // the kernel fail with EFAULT and cannot corrupt this process.
+        let ret = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ret as usize)
+    }
+
+    /// Reads one frame scattered into `iov`.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that is mapped, writable and not
+    /// referenced by any Rust reference for the duration of the call.
+    pub unsafe fn readv(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        let count = libc::c_int::try_from(iov.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: the fd is an attached tap queue owned by `self`; the
+        // caller guarantees that every iovec is writable memory nobody else
+        // borrows, so the kernel's writes cannot alias Rust references.
+        let ret = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), count) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ret as usize)
+    }
+}
+
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl Attachment for Tap {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.as_fd()
+    }
+
+    fn send(&self, iov: &[libc::iovec]) -> io::Result<Sent> {
+        self.writev(iov).map(|_| Sent::Copied)
+    }
+
+    unsafe fn recv(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: forwarded from this function's own contract.
+        unsafe { self.readv(iov) }
+    }
+
+    fn set_vnet_hdr_len(&self, len: usize) -> io::Result<()> {
+        Tap::set_vnet_hdr_len(self, len)
+    }
+
+    fn set_offloads(&self, offloads: Offloads) -> io::Result<()> {
+        Tap::set_offloads(self, offloads)
+    }
+}
