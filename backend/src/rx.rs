@@ -4,8 +4,12 @@
 //! With MRG_RXBUF a frame may fill several descriptor chains; the device
 //! writes how many into `num_buffers` of the first one. zcnet gathers
 //! enough chains for the largest frame the attachment may hand over (64 KiB
-//! once a GSO offload is on), reads once with `readv`, returns the chains
-//! the frame filled, and gives the rest back to the avail ring.
+//! once a GSO offload is on), or every chain the guest has posted if that
+//! is less, reads once with `readv`, returns the chains the frame filled,
+//! keeps the rest for the next frame, and gives the unused ones back to the
+//! avail ring when it stops. A frame larger than every buffer the guest has
+//! posted is dropped and counted (tun reports its full length), never
+//! delivered truncated.
 //!
 //! When the guest has posted no buffers the pair stops reading: the frames
 //! wait in the tap's queue, and the guest's next RX kick resumes reading.
@@ -124,17 +128,14 @@ fn read_frames(
         } else {
             MAX_NON_GSO_FRAME
         };
-    let queue_size = usize::from(vs.get_queue().size());
     let event_idx = vs.get_queue().event_idx_enabled();
     let mut stats = Stats::default();
 
     for _ in 0..BUDGET {
         // Gather buffers: one chain without MRG_RXBUF, else enough for the
         // largest frame (or every chain the guest has posted).
-        let mut exhausted = false;
         while st.chains.is_empty() || (mergeable && st.iov.len() < need) {
             let Some(chain) = vs.get_queue_mut().pop_descriptor_chain(mem) else {
-                exhausted = true;
                 break;
             };
             let head = chain.head_index();
@@ -160,19 +161,11 @@ fn read_frames(
                 }
             }
         }
-        // Wait for more buffers rather than truncate a large frame, unless
-        // the guest has handed over most of its ring and could not post
-        // more however long we waited.
-        let short = mergeable && st.iov.len() < need && st.chains.len() < queue_size / 2;
-        if st.chains.is_empty() || (exhausted && short) {
+        if st.chains.is_empty() {
             // Ask for a kick while every posted chain is popped, so the
-            // avail event lands past them; then give them back.
-            let more = event_idx && vs.get_queue_mut().enable_notification(mem)?;
-            rewind(vs, st.chains.len());
-            st.chains.clear();
-            st.iov.clear();
-            if more {
-                continue;
+            // avail event lands past them.
+            if event_idx && vs.get_queue_mut().enable_notification(mem)? {
+                continue; // buffers arrived meanwhile
             }
             st.starved = true;
             return Ok((RxStop::Idle, stats));
@@ -198,6 +191,21 @@ fn read_frames(
                 return Ok((RxStop::Idle, stats));
             }
         };
+        let capacity = if mergeable {
+            st.iov.len()
+        } else {
+            st.chains[0].capacity
+        };
+        if n > capacity {
+            // tun reports the frame's full length but copied only what
+            // fit. The guest posted too little for it: drop the frame and
+            // keep the buffers (their contents are not returned).
+            ctx.metrics.rx_dropped.inc();
+            ctx.host_error(format_args!(
+                "dropped a {n}-byte frame: the guest had posted only {capacity} bytes of RX buffers"
+            ));
+            continue;
+        }
         // The chains the frame filled go to the guest.
         let mut remaining = n;
         let mut filled = 0;

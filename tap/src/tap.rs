@@ -170,17 +170,17 @@ impl Tap {
         if self.set_offloads(supported).is_err() {
             return Offloads::default();
         }
-        let candidates: [fn(&mut Offloads) -> &mut bool; 6] = [
-            |o| &mut o.tso4,
-            |o| &mut o.tso6,
-            |o| &mut o.tso_ecn,
-            |o| &mut o.ufo,
-            |o| &mut o.uso4,
-            |o| &mut o.uso6,
+        // USO is only taken for both IP versions at once.
+        let candidates: [fn(&mut Offloads); 5] = [
+            |o| o.tso4 = true,
+            |o| o.tso6 = true,
+            |o| o.tso_ecn = true,
+            |o| o.ufo = true,
+            |o| (o.uso4, o.uso6) = (true, true),
         ];
-        for field in candidates {
+        for enable in candidates {
             let mut trial = supported;
-            *field(&mut trial) = true;
+            enable(&mut trial);
             if self.set_offloads(trial).is_ok() {
                 supported = trial;
             }

@@ -1,0 +1,158 @@
+//! The real zcnet binary, started inside a test namespace.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use super::netns::NetNs;
+
+pub const METRICS_PORT: u16 = 9500;
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `zcnet --socket-path ... --tap TAP --metrics 127.0.0.1:9500
+    /// extra...` in `ns` and waits until its socket accepts connections.
+    pub fn start(ns: &NetNs, tap: &str, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("zc.sock");
+        let log = dir.path().join("zcnet.log");
+        let mut d = Daemon {
+            child: None,
+            socket,
+            log,
+            _dir: dir,
+        };
+        d.spawn(ns, tap, extra);
+        d
+    }
+
+    fn spawn(&mut self, ns: &NetNs, tap: &str, extra: &[&str]) {
+        let logfile = fs::File::create(&self.log).expect("log file");
+        let metrics = format!("127.0.0.1:{METRICS_PORT}");
+        let child = ns
+            .command(env!("CARGO_BIN_EXE_zcnet"))
+            .arg("--socket-path")
+            .arg(&self.socket)
+            .args(["--tap", tap, "--metrics", &metrics])
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .expect("spawn zcnet");
+        self.child = Some(child);
+        self.wait_listening();
+    }
+
+    /// Waits (bounded) until the socket accepts a connection. The probe
+    /// connection closes at once, which the daemon treats as a frontend
+    /// that left; it then listens again.
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("zcnet exited early with {status}:\n{}", self.log_text());
+            }
+            if self.socket.exists() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zcnet did not listen in 20 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
+        }
+    }
+
+    pub fn connect_raw(&self) -> UnixStream {
+        UnixStream::connect(&self.socket).expect("connect to zcnet")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "zcnet never logged {needle:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal and waits for the exit status.
+    pub fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        // `ip netns exec` execs zcnet, so the child pid is zcnet's.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("kill");
+        self.child.take().expect("running").wait().expect("wait")
+    }
+
+    /// Scrapes the metrics endpoint from inside the namespace.
+    pub fn scrape(ns: &NetNs) -> String {
+        ns.enter(|| {
+            let mut s =
+                TcpStream::connect(("127.0.0.1", METRICS_PORT)).expect("connect to metrics");
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+    }
+
+    /// The value of `metric{queue="q"}` in a scrape.
+    pub fn metric(text: &str, metric: &str, queue: usize) -> u64 {
+        let prefix = format!("{metric}{{queue=\"{queue}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+            .trim()
+            .parse()
+            .expect("numeric metric")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- zcnet log ----\n{}\n---- end of zcnet log ----",
+                self.log_text()
+            );
+        }
+    }
+}

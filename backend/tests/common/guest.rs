@@ -1,0 +1,306 @@
+//! A fake guest: a real vhost-user frontend over the real Unix socket, with
+//! memfd guest memory shared with the daemon and split virtqueues laid out
+//! in it, driven the way QEMU or cloud-hypervisor drive a backend.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use super::ring::{Desc, Ring, Used};
+
+pub const MEM_SIZE: u64 = 64 << 20;
+/// QEMU's low-memory hole: guest RAM is two regions of one memfd.
+const HOLE_START: u64 = 0xa0000;
+const HOLE_END: u64 = 0xc0000;
+const RINGS_BASE: u64 = 0x10_0000;
+const RING_STRIDE: u64 = 0x1_0000;
+const BUFFERS_BASE: u64 = 0x80_0000;
+
+pub const VERSION_1: u64 = 1 << 32;
+pub const EVENT_IDX: u64 = 1 << 29;
+pub const INDIRECT_DESC: u64 = 1 << 28;
+pub const PROTOCOL_FEATURES: u64 = 1 << 30;
+pub const IN_ORDER: u64 = 1 << 35;
+pub const CSUM: u64 = 1 << 0;
+pub const GUEST_CSUM: u64 = 1 << 1;
+pub const MTU: u64 = 1 << 3;
+pub const MAC: u64 = 1 << 5;
+pub const GUEST_TSO4: u64 = 1 << 7;
+pub const GUEST_TSO6: u64 = 1 << 8;
+pub const HOST_TSO4: u64 = 1 << 11;
+pub const HOST_TSO6: u64 = 1 << 12;
+pub const MRG_RXBUF: u64 = 1 << 15;
+pub const STATUS: u64 = 1 << 16;
+pub const MQ: u64 = 1 << 22;
+
+pub const HDR_LEN: usize = 12;
+
+/// How the fake guest negotiates.
+#[derive(Clone, Debug)]
+pub struct GuestOpts {
+    pub pairs: usize,
+    pub queue_size: u16,
+    /// Features the guest would like; it acks those the device offers.
+    pub wanted: u64,
+    pub protocol: VhostUserProtocolFeatures,
+}
+
+impl Default for GuestOpts {
+    fn default() -> Self {
+        GuestOpts {
+            pairs: 1,
+            queue_size: 256,
+            wanted: VERSION_1
+                | PROTOCOL_FEATURES
+                | EVENT_IDX
+                | INDIRECT_DESC
+                | CSUM
+                | GUEST_CSUM
+                | HOST_TSO4
+                | HOST_TSO6
+                | GUEST_TSO4
+                | GUEST_TSO6
+                | MRG_RXBUF
+                | STATUS
+                | MAC
+                | MQ,
+            protocol: VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK,
+        }
+    }
+}
+
+pub struct FakeGuest {
+    pub frontend: Frontend,
+    pub mem: GuestMemoryMmap,
+    _memfd: File,
+    pub offered: u64,
+    pub acked: u64,
+    pub protocol: VhostUserProtocolFeatures,
+    pub queue_num: u64,
+    /// rings[2 * pair] is RX, rings[2 * pair + 1] is TX.
+    pub rings: Vec<Ring>,
+    next_buf: u64,
+}
+
+impl FakeGuest {
+    /// Connects and brings every queue up, in QEMU's order of messages.
+    pub fn connect(socket: &Path, opts: &GuestOpts) -> FakeGuest {
+        let mut g = Self::negotiate(socket, opts);
+        g.set_mem_table();
+        for q in 0..2 * opts.pairs {
+            g.start_ring(q, opts.queue_size);
+        }
+        g.sync();
+        g
+    }
+
+    /// Returns once the daemon has handled every message sent so far: it
+    /// handles them in order, and GET_FEATURES always gets a reply.
+    pub fn sync(&mut self) {
+        self.frontend
+            .get_features()
+            .expect("GET_FEATURES round trip");
+    }
+
+    /// Feature and protocol negotiation only.
+    pub fn negotiate(socket: &Path, opts: &GuestOpts) -> FakeGuest {
+        let mut frontend =
+            Frontend::connect(socket, 2 * opts.pairs as u64).expect("connect to zcnet");
+        let offered = frontend.get_features().expect("GET_FEATURES");
+        assert_ne!(
+            offered & PROTOCOL_FEATURES,
+            0,
+            "device must offer PROTOCOL_FEATURES"
+        );
+        let proto_offered = frontend
+            .get_protocol_features()
+            .expect("GET_PROTOCOL_FEATURES");
+        let protocol = proto_offered & opts.protocol;
+        frontend
+            .set_protocol_features(protocol)
+            .expect("SET_PROTOCOL_FEATURES");
+        let queue_num = if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            frontend.get_queue_num().expect("GET_QUEUE_NUM")
+        } else {
+            2
+        };
+        frontend.set_owner().expect("SET_OWNER");
+        let acked = offered & opts.wanted;
+        frontend.set_features(acked).expect("SET_FEATURES");
+        let memfd = File::from(
+            memfd_create(c"zcnet-test-guest", MemFdCreateFlag::MFD_CLOEXEC).expect("memfd"),
+        );
+        memfd.set_len(MEM_SIZE).unwrap();
+        let mem = GuestMemoryMmap::from_ranges_with_files(&[
+            (
+                GuestAddress(0),
+                HOLE_START as usize,
+                Some(FileOffset::new(memfd.try_clone().unwrap(), 0)),
+            ),
+            (
+                GuestAddress(HOLE_END),
+                (MEM_SIZE - HOLE_END) as usize,
+                Some(FileOffset::new(memfd.try_clone().unwrap(), HOLE_END)),
+            ),
+        ])
+        .expect("map guest memory");
+        FakeGuest {
+            frontend,
+            mem,
+            _memfd: memfd,
+            offered,
+            acked,
+            protocol,
+            queue_num,
+            rings: Vec::new(),
+            next_buf: BUFFERS_BASE,
+        }
+    }
+
+    /// The regions as SET_MEM_TABLE describes them.
+    pub fn regions(&self) -> Vec<VhostUserMemoryRegionInfo> {
+        self.mem
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).expect("memfd-backed region"))
+            .collect()
+    }
+
+    pub fn set_mem_table(&mut self) {
+        let regions = self.regions();
+        self.frontend
+            .set_mem_table(&regions)
+            .expect("SET_MEM_TABLE");
+    }
+
+    /// The frontend's (our) virtual address of guest address `gpa`.
+    pub fn hva(&self, gpa: GuestAddress) -> u64 {
+        self.mem.get_host_address(gpa).unwrap() as u64
+    }
+
+    /// Lays out queue `q` and hands it to the device: NUM, BASE, ADDR,
+    /// KICK, CALL, ENABLE.
+    pub fn start_ring(&mut self, q: usize, size: u16) {
+        let ring = Ring::new(&self.mem, RINGS_BASE + q as u64 * RING_STRIDE, size);
+        self.frontend.set_vring_num(q, size).expect("SET_VRING_NUM");
+        self.frontend.set_vring_base(q, 0).expect("SET_VRING_BASE");
+        let config = VringConfigData {
+            queue_max_size: size,
+            queue_size: size,
+            flags: 0,
+            desc_table_addr: self.hva(ring.desc),
+            used_ring_addr: self.hva(ring.used),
+            avail_ring_addr: self.hva(ring.avail),
+            log_addr: None,
+        };
+        self.frontend
+            .set_vring_addr(q, &config)
+            .expect("SET_VRING_ADDR");
+        self.frontend
+            .set_vring_kick(q, &ring.kick)
+            .expect("SET_VRING_KICK");
+        self.frontend
+            .set_vring_call(q, &ring.call)
+            .expect("SET_VRING_CALL");
+        if self.acked & PROTOCOL_FEATURES != 0 {
+            self.frontend
+                .set_vring_enable(q, true)
+                .expect("SET_VRING_ENABLE");
+        }
+        if self.rings.len() <= q {
+            self.rings.push(ring);
+        } else {
+            self.rings[q] = ring;
+        }
+    }
+
+    pub fn rx(&mut self, pair: usize) -> &mut Ring {
+        &mut self.rings[2 * pair]
+    }
+
+    pub fn tx(&mut self, pair: usize) -> &mut Ring {
+        &mut self.rings[2 * pair + 1]
+    }
+
+    /// Reserves `len` bytes of guest memory for buffers.
+    pub fn alloc(&mut self, len: usize) -> u64 {
+        let at = self.next_buf;
+        self.next_buf = (self.next_buf + len as u64 + 63) & !63;
+        assert!(self.next_buf < MEM_SIZE, "fake guest out of buffer memory");
+        at
+    }
+
+    /// Starts reusing buffer memory from the beginning.
+    pub fn reset_alloc(&mut self) {
+        self.next_buf = BUFFERS_BASE;
+    }
+
+    pub fn write(&self, addr: u64, bytes: &[u8]) {
+        self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
+    }
+
+    pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    /// Queues one TX frame (`hdr` then `frame`), split over `segments`
+    /// descriptors, and returns its head. Does not kick.
+    pub fn queue_tx(
+        &mut self,
+        pair: usize,
+        hdr: &[u8; HDR_LEN],
+        frame: &[u8],
+        segments: usize,
+    ) -> u16 {
+        let mut bytes = hdr.to_vec();
+        bytes.extend_from_slice(frame);
+        let addr = self.alloc(bytes.len());
+        self.write(addr, &bytes);
+        let chunk = bytes.len().div_ceil(segments.max(1));
+        let descs: Vec<Desc> = (0..bytes.len())
+            .step_by(chunk)
+            .map(|off| Desc {
+                addr: addr + off as u64,
+                len: chunk.min(bytes.len() - off) as u32,
+                write: false,
+            })
+            .collect();
+        let ring = self.tx(pair);
+        let head = ring.add_chain(&descs);
+        ring.publish(head);
+        head
+    }
+
+    /// Posts `count` RX buffers of `size` bytes; returns (head, address).
+    pub fn post_rx(&mut self, pair: usize, count: usize, size: usize) -> Vec<(u16, u64)> {
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let addr = self.alloc(size);
+            let ring = self.rx(pair);
+            let head = ring.add_chain(&[Desc {
+                addr,
+                len: size as u32,
+                write: true,
+            }]);
+            ring.publish(head);
+            out.push((head, addr));
+        }
+        self.rx(pair).kick();
+        out
+    }
+
+    pub fn wait_tx_used(&mut self, pair: usize, count: usize) -> Vec<Used> {
+        self.tx(pair).wait_used(count, Duration::from_secs(20))
+    }
+
+    pub fn wait_rx_used(&mut self, pair: usize, count: usize) -> Vec<Used> {
+        self.rx(pair).wait_used(count, Duration::from_secs(20))
+    }
+}
