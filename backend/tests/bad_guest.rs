@@ -1,0 +1,277 @@
+//! A guest that sends bad descriptors: every malformed chain goes back with
+//! length 0 and is counted, and the daemon goes on serving. The frame after
+//! the bad one still comes out of the tap, and the bad one never does.
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::Daemon;
+use common::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
+use common::guest::{FakeGuest, GuestOpts, HDR_LEN, HOST_TSO6, MEM_SIZE};
+use common::ring::{Desc, F_INDIRECT, F_NEXT};
+use common::{Setup, TAP};
+
+const BAD_TAG: u32 = 0xbad;
+const GOOD_TAG: u32 = 0x600d;
+
+/// A TX frame with the bad tag, with header, written into guest memory.
+fn bad_bytes(g: &mut FakeGuest, len: usize) -> (u64, usize) {
+    let mut bytes = frames::plain_hdr().to_vec();
+    bytes.extend(frames::test_frame(len, BAD_TAG, HOST_MAC, GUEST_MAC));
+    let addr = g.alloc(bytes.len());
+    g.write(addr, &bytes);
+    (addr, bytes.len())
+}
+
+/// Runs `bad` to queue one malformed TX chain (returning its head), then
+/// queues a good frame, and checks what a user cares about.
+fn tx_case(opts: GuestOpts, bad: impl FnOnce(&mut FakeGuest) -> u16) {
+    let s = Setup::new(&[]);
+    let host = PacketSock::open(&s.ns, TAP, true);
+    let mut g = FakeGuest::connect(&s.daemon.socket, &opts);
+    let bad_head = bad(&mut g);
+    let good = frames::test_frame(200, GOOD_TAG, HOST_MAC, GUEST_MAC);
+    let good_head = g.queue_tx(0, &frames::plain_hdr(), &good, 2);
+    g.tx(0).kick();
+
+    let used = g.wait_tx_used(0, 2);
+    let mut ids: Vec<u16> = used.iter().map(|u| u.id).collect();
+    ids.sort();
+    let mut want = vec![bad_head, good_head];
+    want.sort();
+    assert_eq!(ids, want, "both chains returned exactly once: {used:?}");
+    assert!(used.iter().all(|u| u.len == 0), "{used:?}");
+
+    // Frames leave the tap in the order they were written: the bad one
+    // would come before the good one.
+    let first = host
+        .recv_matching(Duration::from_secs(20), |f| {
+            frames::tag_of(&f[PACKET_HDR_LEN..]).is_some()
+        })
+        .expect("the good frame after the bad chain never came out of the tap");
+    assert_eq!(
+        frames::tag_of(&first[PACKET_HDR_LEN..]),
+        Some(GOOD_TAG),
+        "the malformed frame was sent"
+    );
+    assert_eq!(&first[PACKET_HDR_LEN..], &good[..]);
+
+    let m = Daemon::scrape(&s.ns);
+    assert_eq!(
+        Daemon::metric(&m, "zcnet_malformed_chains_total", 0),
+        1,
+        "counted once"
+    );
+    assert_eq!(Daemon::metric(&m, "zcnet_tx_frames_total", 0), 1);
+    assert!(g.tx(0).take_used().is_empty(), "nothing returned twice");
+}
+
+#[test]
+fn descriptor_outside_guest_memory() {
+    tx_case(GuestOpts::default(), |g| {
+        let ring = g.tx(0);
+        let head = ring.add_chain(&[Desc {
+            addr: MEM_SIZE + 0x1000,
+            len: 100,
+            write: false,
+        }]);
+        ring.publish(head);
+        head
+    });
+}
+
+#[test]
+fn descriptor_in_the_memory_hole() {
+    tx_case(GuestOpts::default(), |g| {
+        let ring = g.tx(0);
+        let head = ring.add_chain(&[Desc {
+            addr: 0xa0000 + 0x100,
+            len: 100,
+            write: false,
+        }]);
+        ring.publish(head);
+        head
+    });
+}
+
+#[test]
+fn descriptor_crossing_the_end_of_memory() {
+    tx_case(GuestOpts::default(), |g| {
+        let ring = g.tx(0);
+        let head = ring.add_chain(&[Desc {
+            addr: MEM_SIZE - 50,
+            len: 100,
+            write: false,
+        }]);
+        ring.publish(head);
+        head
+    });
+}
+
+#[test]
+fn write_only_descriptor_on_tx() {
+    tx_case(GuestOpts::default(), |g| {
+        let (addr, len) = bad_bytes(g, 100);
+        let ring = g.tx(0);
+        let head = ring.add_chain(&[
+            Desc {
+                addr,
+                len: len as u32 - 20,
+                write: false,
+            },
+            Desc {
+                addr: addr + len as u64 - 20,
+                len: 20,
+                write: true,
+            },
+        ]);
+        ring.publish(head);
+        head
+    });
+}
+
+#[test]
+fn descriptor_loop_longer_than_the_queue() {
+    tx_case(GuestOpts::default(), |g| {
+        let (addr, _) = bad_bytes(g, 100);
+        let ring = g.tx(0);
+        let (a, b) = (ring.take_slot(), ring.take_slot());
+        ring.write_desc(a, addr, 60, F_NEXT, b);
+        ring.write_desc(b, addr, 60, F_NEXT, a);
+        ring.own(a, vec![a, b]);
+        ring.publish(a);
+        a
+    });
+}
+
+#[test]
+fn indirect_table_that_loops() {
+    tx_case(GuestOpts::default(), |g| {
+        let (addr, _) = bad_bytes(g, 100);
+        let table = g.alloc(32);
+        let mut raw = Vec::new();
+        for next in [1u16, 0] {
+            raw.extend_from_slice(&addr.to_le_bytes());
+            raw.extend_from_slice(&60u32.to_le_bytes());
+            raw.extend_from_slice(&F_NEXT.to_le_bytes());
+            raw.extend_from_slice(&next.to_le_bytes());
+        }
+        g.write(table, &raw);
+        let ring = g.tx(0);
+        let head = ring.take_slot();
+        ring.write_desc(head, table, 32, F_INDIRECT, 0);
+        ring.own(head, vec![head]);
+        ring.publish(head);
+        head
+    });
+}
+
+#[test]
+fn frame_over_64_kib() {
+    tx_case(GuestOpts::default(), |g| {
+        let (addr, len) = bad_bytes(g, 70_000);
+        let ring = g.tx(0);
+        let head = ring.add_chain(&[Desc {
+            addr,
+            len: len as u32,
+            write: false,
+        }]);
+        ring.publish(head);
+        head
+    });
+}
+
+#[test]
+fn chain_shorter_than_header_and_ethernet() {
+    tx_case(GuestOpts::default(), |g| {
+        let addr = g.alloc(16);
+        let ring = g.tx(0);
+        let head = ring.add_chain(&[Desc {
+            addr,
+            len: 16,
+            write: false,
+        }]);
+        ring.publish(head);
+        head
+    });
+}
+
+fn lying_header(g: &mut FakeGuest, hdr: [u8; HDR_LEN]) -> u16 {
+    let frame = frames::test_frame(3000, BAD_TAG, HOST_MAC, GUEST_MAC);
+    g.queue_tx(0, &hdr, &frame, 1)
+}
+
+#[test]
+fn gso_header_with_zero_mss() {
+    tx_case(GuestOpts::default(), |g| {
+        let (gso, _) = frames::tcp4_frame(2000, 1448, 1, HOST_MAC, GUEST_MAC);
+        let mut hdr = frames::v1_hdr(&gso.hdr);
+        hdr[4..6].copy_from_slice(&0u16.to_le_bytes());
+        lying_header(g, hdr)
+    });
+}
+
+#[test]
+fn gso_type_the_guest_did_not_negotiate() {
+    let opts = GuestOpts {
+        wanted: GuestOpts::default().wanted & !HOST_TSO6,
+        ..GuestOpts::default()
+    };
+    tx_case(opts, |g| {
+        let (gso, _) = frames::tcp4_frame(2000, 1448, 1, HOST_MAC, GUEST_MAC);
+        let mut hdr = frames::v1_hdr(&gso.hdr);
+        hdr[1] = 4; // TCPv6
+        lying_header(g, hdr)
+    });
+}
+
+#[test]
+fn checksum_offset_outside_the_frame() {
+    tx_case(GuestOpts::default(), |g| {
+        let mut hdr = [0u8; HDR_LEN];
+        hdr[0] = 1; // NEEDS_CSUM
+        hdr[6..8].copy_from_slice(&5000u16.to_le_bytes());
+        hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+        lying_header(g, hdr)
+    });
+}
+
+#[test]
+fn read_only_descriptor_on_rx() {
+    let s = Setup::new(&[]);
+    let host = PacketSock::open(&s.ns, TAP, false);
+    let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
+    let bad_addr = g.alloc(2048);
+    let ring = g.rx(0);
+    let bad = ring.add_chain(&[Desc {
+        addr: bad_addr,
+        len: 2048,
+        write: false,
+    }]);
+    ring.publish(bad);
+    let good = g.post_rx(0, 1, 2048);
+    let frame = frames::test_frame(100, GOOD_TAG, GUEST_MAC, HOST_MAC);
+    host.send(&frame);
+
+    let used = g.wait_rx_used(0, 2);
+    let bad_used = used
+        .iter()
+        .find(|u| u.id == bad)
+        .expect("bad chain returned");
+    assert_eq!(bad_used.len, 0);
+    let good_used = used
+        .iter()
+        .find(|u| u.id == good[0].0)
+        .expect("good buffer used");
+    assert_eq!(good_used.len as usize, HDR_LEN + frame.len());
+    assert_eq!(&g.read(good[0].1 + HDR_LEN as u64, frame.len()), &frame);
+    assert_eq!(
+        g.read(bad_addr, 16),
+        vec![0u8; 16],
+        "nothing written into the read-only buffer"
+    );
+    let m = Daemon::scrape(&s.ns);
+    assert_eq!(Daemon::metric(&m, "zcnet_malformed_chains_total", 0), 1);
+    assert_eq!(Daemon::metric(&m, "zcnet_rx_frames_total", 0), 1);
+}
