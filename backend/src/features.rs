@@ -171,7 +171,12 @@ mod tests {
         };
         let o = n.rx_offloads();
         assert!(o.csum && o.tso4 && !o.tso6 && !o.ufo);
-        assert!(n.tx_gso_allowed(VIRTIO_NET_HDR_GSO_NONE as u8) == false);
+        // Guest RX offloads say nothing about what the guest may send.
         assert!(!n.tx_gso_allowed(VIRTIO_NET_HDR_GSO_TCPV4 as u8));
+        let host = Negotiated {
+            bits: bit(VIRTIO_NET_F_HOST_TSO4),
+        };
+        assert!(host.tx_gso_allowed(VIRTIO_NET_HDR_GSO_TCPV4 as u8));
+        assert!(!host.tx_gso_allowed(VIRTIO_NET_HDR_GSO_TCPV6 as u8));
     }
 }

@@ -222,6 +222,7 @@ impl GuestIoVecs {
             // so `iov_base..+n` is mapped. Volatile byte reads never form a
             // Rust reference to guest memory the guest may be writing.
             for (i, b) in out[done..done + n].iter_mut().enumerate() {
+                // SAFETY: `i < n <= iov_len`, inside the mapped range above.
                 *b = unsafe { std::ptr::read_volatile((v.iov_base as *const u8).add(i)) };
             }
             done += n;

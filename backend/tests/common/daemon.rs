@@ -130,6 +130,17 @@ impl Daemon {
         })
     }
 
+    /// The value of an unlabelled metric in a scrape.
+    pub fn global_metric(text: &str, metric: &str) -> u64 {
+        let prefix = format!("{metric} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {metric} in:\n{text}"))
+            .trim()
+            .parse()
+            .expect("numeric metric")
+    }
+
     /// The value of `metric{queue="q"}` in a scrape.
     pub fn metric(text: &str, metric: &str, queue: usize) -> u64 {
         let prefix = format!("{metric}{{queue=\"{queue}\"}} ");

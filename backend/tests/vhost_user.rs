@@ -1,0 +1,310 @@
+//! The vhost-user side: negotiation as QEMU and cloud-hypervisor do it,
+//! bad messages, disconnect and reconnect, GET_VRING_BASE, SIGTERM, and
+//! bad command lines.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::daemon::Daemon;
+use common::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
+use common::guest::*;
+use common::netns::NetNs;
+use common::{Setup, TAP};
+use nix::sys::signal::Signal;
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+};
+use vhost::vhost_user::VhostUserFrontend;
+use vhost::VhostBackend;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Sends one tagged frame from the guest and checks it leaves the tap.
+fn tx_roundtrip(g: &mut FakeGuest, host: &PacketSock, tag: u32) {
+    let f = frames::test_frame(300, tag, HOST_MAC, GUEST_MAC);
+    let head = g.queue_tx(0, &frames::plain_hdr(), &f, 1);
+    g.tx(0).kick();
+    let used = g.wait_tx_used(0, 1);
+    assert_eq!(used[0].id, head);
+    let got = host
+        .recv_matching(WAIT, |x| frames::tag_of(&x[PACKET_HDR_LEN..]) == Some(tag))
+        .unwrap_or_else(|| panic!("frame {tag} did not leave the tap"));
+    assert_eq!(&got[PACKET_HDR_LEN..], &f[..]);
+}
+
+#[test]
+fn qemu_negotiation_offers_offloads_and_no_in_order() {
+    let s = Setup::new(&["--queue-pairs", "2"]);
+    let opts = GuestOpts {
+        pairs: 2,
+        wanted: u64::MAX,
+        protocol: VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::MTU
+            | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::BACKEND_REQ,
+        ..GuestOpts::default()
+    };
+    let host = PacketSock::open(&s.ns, TAP, true);
+    let mut g = FakeGuest::connect(&s.daemon.socket, &opts);
+    for (bit, name) in [
+        (VERSION_1, "VERSION_1"),
+        (CSUM, "CSUM"),
+        (GUEST_CSUM, "GUEST_CSUM"),
+        (HOST_TSO4, "HOST_TSO4"),
+        (HOST_TSO6, "HOST_TSO6"),
+        (GUEST_TSO4, "GUEST_TSO4"),
+        (GUEST_TSO6, "GUEST_TSO6"),
+        (MRG_RXBUF, "MRG_RXBUF"),
+        (EVENT_IDX, "EVENT_IDX"),
+        (INDIRECT_DESC, "INDIRECT_DESC"),
+        (MQ, "MQ"),
+        (MAC, "MAC"),
+        (STATUS, "STATUS"),
+    ] {
+        assert_ne!(g.acked & bit, 0, "{name} not negotiated");
+    }
+    assert_eq!(g.offered & IN_ORDER, 0, "IN_ORDER must not be offered");
+    assert_eq!(g.offered & MTU, 0, "MTU only with --mtu");
+    // NET_MTU would make QEMU send NET_SET_MTU; LOG_SHMFD would promise
+    // migration support zcnet does not have.
+    assert!(!g.protocol.contains(VhostUserProtocolFeatures::MTU));
+    assert!(!g.protocol.contains(VhostUserProtocolFeatures::LOG_SHMFD));
+    assert_eq!(g.queue_num, 4, "GET_QUEUE_NUM counts virtqueues");
+    tx_roundtrip(&mut g, &host, 1);
+}
+
+#[test]
+fn cloud_hypervisor_negotiation_with_memory_slots_and_config() {
+    let s = Setup::new(&[
+        "--queue-pairs",
+        "2",
+        "--mac",
+        "52:54:00:aa:bb:cc",
+        "--mtu",
+        "9000",
+    ]);
+    let opts = GuestOpts {
+        pairs: 2,
+        wanted: GuestOpts::default().wanted | IN_ORDER | MTU,
+        protocol: VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::CONFIG,
+        ..GuestOpts::default()
+    };
+    let host = PacketSock::open(&s.ns, TAP, true);
+    let mut g = FakeGuest::negotiate(&s.daemon.socket, &opts);
+    assert_eq!(
+        g.protocol, opts.protocol,
+        "all four protocol features accepted"
+    );
+    assert_eq!(
+        g.acked & IN_ORDER,
+        0,
+        "IN_ORDER refused even when offered by the frontend"
+    );
+    assert_ne!(g.acked & MTU, 0);
+    assert!(
+        g.queue_num >= 4,
+        "cloud-hypervisor fails if GET_QUEUE_NUM < requested"
+    );
+
+    let (_, cfg) = g
+        .frontend
+        .get_config(0, 12, VhostUserConfigFlags::empty(), &[0u8; 12])
+        .expect("GET_CONFIG");
+    assert_eq!(&cfg[0..6], &[0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc], "mac");
+    assert_eq!(u16::from_le_bytes([cfg[6], cfg[7]]), 1, "link up");
+    assert_eq!(
+        u16::from_le_bytes([cfg[8], cfg[9]]),
+        2,
+        "max_virtqueue_pairs"
+    );
+    assert_eq!(u16::from_le_bytes([cfg[10], cfg[11]]), 9000, "mtu");
+    // A read past the config space gets the protocol's error (a zero-size
+    // reply); the vhost crate's frontend blocks waiting for the payload it
+    // asked for, so that case is covered by config_space's unit test.
+
+    assert!(g.frontend.get_max_mem_slots().expect("GET_MAX_MEM_SLOTS") >= 8);
+    for r in g.regions() {
+        g.frontend.add_mem_region(&r).expect("ADD_MEM_REG");
+    }
+    for q in 0..4 {
+        g.start_ring(q, 256);
+    }
+    g.sync();
+    tx_roundtrip(&mut g, &host, 2);
+}
+
+#[test]
+fn bad_messages_get_an_error_and_the_daemon_keeps_listening() {
+    let s = Setup::new(&[]);
+    let host = PacketSock::open(&s.ns, TAP, true);
+
+    // A queue larger than the device allows: an error reply.
+    let g = FakeGuest::negotiate(&s.daemon.socket, &GuestOpts::default());
+    g.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    assert!(
+        g.frontend.set_vring_num(0, 4096).is_err(),
+        "oversized queue accepted"
+    );
+    drop(g);
+    s.daemon.wait_log("frontend connection ended");
+
+    // An unknown request code: the connection is closed, not hung.
+    let mut raw = s.daemon.connect_raw();
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&9999u32.to_le_bytes());
+    msg.extend_from_slice(&1u32.to_le_bytes());
+    msg.extend_from_slice(&0u32.to_le_bytes());
+    raw.write_all(&msg).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(raw.read(&mut buf).expect("connection closed, not hung"), 0);
+
+    // And the next frontend is served.
+    let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
+    tx_roundtrip(&mut g, &host, 3);
+}
+
+#[test]
+fn a_reconnecting_frontend_finds_the_daemon_serving() {
+    let s = Setup::new(&[]);
+    let host = PacketSock::open(&s.ns, TAP, true);
+    let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
+    tx_roundtrip(&mut g, &host, 10);
+    drop(g);
+    s.daemon
+        .wait_log("frontend disconnected; waiting for the next connection");
+
+    let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
+    tx_roundtrip(&mut g, &host, 11);
+    // RX works on the new connection too.
+    let raw = PacketSock::open(&s.ns, TAP, false);
+    let bufs = g.post_rx(0, 4, 2048);
+    let f = frames::test_frame(80, 12, GUEST_MAC, HOST_MAC);
+    raw.send(&f);
+    let used = g.wait_rx_used(0, 1);
+    let addr = bufs.iter().find(|b| b.0 == used[0].id).unwrap().1;
+    assert_eq!(&g.read(addr + HDR_LEN as u64, f.len()), &f);
+
+    let m = Daemon::scrape(&s.ns);
+    assert_eq!(
+        Daemon::metric(&m, "zcnet_tx_frames_total", 0),
+        2,
+        "counters survive reconnects"
+    );
+    assert_eq!(
+        Daemon::global_metric(&m, "zcnet_frontend_connections_total"),
+        2
+    );
+}
+
+#[test]
+fn get_vring_base_stops_the_queue() {
+    let s = Setup::new(&[]);
+    let host = PacketSock::open(&s.ns, TAP, true);
+    let raw = PacketSock::open(&s.ns, TAP, false);
+    let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
+    for tag in 20..25 {
+        tx_roundtrip(&mut g, &host, tag);
+    }
+    let base = g.frontend.get_vring_base(1).expect("GET_VRING_BASE");
+    assert_eq!(base, 5, "next avail index of the TX queue");
+    s.daemon
+        .wait_log("queue 1 stopped by frontend (GET_VRING_BASE)");
+
+    // The stopped TX queue is not processed any more, while RX, on the
+    // same worker, still is.
+    let f = frames::test_frame(300, 99, HOST_MAC, GUEST_MAC);
+    g.queue_tx(0, &frames::plain_hdr(), &f, 1);
+    g.tx(0).kick();
+    g.post_rx(0, 2, 2048);
+    raw.send(&frames::test_frame(90, 98, GUEST_MAC, HOST_MAC));
+    g.wait_rx_used(0, 1);
+    assert_eq!(
+        g.tx(0).used_idx(),
+        5,
+        "the device wrote the used ring of a stopped queue"
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_removes_the_socket() {
+    let mut s = Setup::new(&[]);
+    let _g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
+    let status = s.daemon.signal_and_wait(Signal::SIGTERM);
+    assert!(status.success(), "exit status {status}");
+    assert!(!s.daemon.socket.exists(), "socket file left behind");
+    assert!(
+        s.daemon.log_text().contains("received SIGTERM"),
+        "{}",
+        s.daemon.log_text()
+    );
+}
+
+fn run_zcnet(ns: &NetNs, args: &[&str]) -> (i32, String) {
+    let out = ns
+        .command(env!("CARGO_BIN_EXE_zcnet"))
+        .args(args)
+        .output()
+        .expect("run zcnet");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_command_lines_exit_non_zero_and_say_what_to_fix() {
+    let ns = NetNs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s");
+    let sock = sock.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--socket-path", sock], "--tap"),
+        (
+            vec!["--socket-path", sock, "--tap", "t0", "--queue-pairs", "0"],
+            "--queue-pairs 0: use a number from 1 to 32",
+        ),
+        (
+            vec!["--socket-path", sock, "--tap", "t0", "--queue-size", "100"],
+            "power of two",
+        ),
+        (
+            vec![
+                "--socket-path",
+                sock,
+                "--tap",
+                "t0",
+                "--mac",
+                "zz:00:00:00:00:00",
+            ],
+            "six hex bytes",
+        ),
+        (vec!["--socket-path", sock, "--tap", "bad/name"], "--tap"),
+        (
+            vec!["--socket-path", "/nonexistent-dir/s", "--tap", "t0"],
+            "does not exist",
+        ),
+        (
+            vec!["--socket-path", sock, "--tap", "t0", "--metrics", "nowhere"],
+            "--metrics",
+        ),
+    ] {
+        let (code, err) = run_zcnet(&ns, &args);
+        assert_ne!(code, 0, "{args:?} exited 0");
+        assert!(
+            err.contains(needle),
+            "{args:?}: {err:?} does not mention {needle:?}"
+        );
+    }
+    // A tap that exists without multi_queue and vnet_hdr.
+    ns.ip(&["tuntap", "add", "dev", "plain0", "mode", "tap"]);
+    let (code, err) = run_zcnet(&ns, &["--socket-path", sock, "--tap", "plain0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("multi_queue vnet_hdr"), "{err}");
+}
