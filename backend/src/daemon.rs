@@ -1,6 +1,11 @@
 //! The daemon: opens the tap once, then serves one vhost-user frontend
 //! after another on the same socket path, for as long as it runs.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use log::{info, warn};
@@ -13,6 +18,7 @@ use zcnet_tap::{Attachment, Tap, TapError};
 use crate::cli::Config;
 use crate::control::{self, ControlError};
 use crate::device::{DeviceSpec, NetDevice};
+use crate::frontend_relay;
 use crate::metrics::{self, Metrics, ServeError};
 
 #[derive(Debug, Error)]
@@ -33,6 +39,13 @@ pub enum DaemonError {
     Device(#[source] std::io::Error),
     #[error("vhost-user daemon failed")]
     Vhost(#[source] BackendError),
+    #[error("cannot accept a frontend connection")]
+    Accept {
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    #[error("cannot relay the frontend's connection")]
+    Relay(#[source] std::io::Error),
     #[error("cannot add the attachment to the queue workers")]
     Register(#[source] std::io::Error),
 }
@@ -94,19 +107,63 @@ fn serve_one(
     );
     let mut daemon = VhostUserDaemon::new("zcnet-vhost-user".to_owned(), device.clone(), mem)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
+    let front = accept(listener)?;
+    // The handler gets the far end of a private connection; the relay
+    // carries messages between it and the frontend (see frontend_relay).
+    let (mut private, back) = private_connection().map_err(DaemonError::Relay)?;
     daemon
-        .start(listener)
+        .start(&mut private)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
+    drop(private);
+    let relay = frontend_relay::start(front, back).map_err(DaemonError::Relay)?;
     metrics.connections.inc();
     info!("frontend connected ({} queue pairs)", device.queue_pairs());
     let workers = daemon.get_epoll_handlers();
     device.register(&workers).map_err(DaemonError::Register)?;
-    if let Err(e) = daemon.wait() {
-        warn!("frontend connection ended: {e}");
+    match daemon.wait() {
+        Ok(()) => {}
+        // The frontend closed its socket: the normal end of a VM.
+        Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::SocketBroken(_),
+        )) => {}
+        Err(e) => warn!("frontend connection ended: {e}"),
     }
     device.unregister(&workers);
     for w in &workers {
         w.send_exit_event();
     }
+    for t in relay {
+        let _ = t.join();
+    }
     Ok(())
+}
+
+/// Waits for the next frontend on the public socket.
+fn accept(listener: &mut Listener) -> Result<UnixStream, DaemonError> {
+    loop {
+        match listener.accept() {
+            Ok(Some(stream)) => return Ok(stream),
+            Ok(None) => continue,
+            Err(source) => {
+                return Err(DaemonError::Accept { source });
+            }
+        }
+    }
+}
+
+/// A listener on a fresh abstract socket name (no file, not reachable by
+/// path) with one connection already queued on it: the handler accepts
+/// that connection, the relay keeps the returned stream.
+fn private_connection() -> std::io::Result<(Listener, UnixStream)> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "zcnet-{}-{}-{:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        RandomState::new().build_hasher().finish()
+    );
+    let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+    let listener = UnixListener::bind_addr(&addr)?;
+    let stream = UnixStream::connect_addr(&addr)?;
+    Ok((Listener::from(listener), stream))
 }

@@ -13,6 +13,7 @@ pub mod daemon;
 mod datapath;
 mod device;
 pub mod features;
+mod frontend_relay;
 mod guest_errors;
 pub mod iovec;
 pub mod metrics;
