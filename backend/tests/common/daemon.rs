@@ -16,7 +16,31 @@ pub struct Daemon {
     child: Option<Child>,
     pub socket: PathBuf,
     pub log: PathBuf,
+    previous_logs: String,
     _dir: tempfile::TempDir,
+}
+
+/// The zcnet binary under test: Cargo's own for the backend's tests,
+/// `ZCNET_BIN`, or the `zcnet` beside the test's target directory.
+pub fn zcnet_bin() -> String {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_zcnet") {
+        return p.to_owned();
+    }
+    if let Ok(p) = std::env::var("ZCNET_BIN") {
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("zcnet"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "no zcnet binary at {}: build it first (cargo build --release -p zcnet) or set ZCNET_BIN",
+        bin.display()
+    );
+    bin.display().to_string()
 }
 
 impl Daemon {
@@ -30,6 +54,7 @@ impl Daemon {
             child: None,
             socket,
             log,
+            previous_logs: String::new(),
             _dir: dir,
         };
         d.spawn(ns, tap, extra);
@@ -40,7 +65,7 @@ impl Daemon {
         let logfile = fs::File::create(&self.log).expect("log file");
         let metrics = format!("127.0.0.1:{METRICS_PORT}");
         let child = ns
-            .command(env!("CARGO_BIN_EXE_zcnet"))
+            .command(&zcnet_bin())
             .arg("--socket-path")
             .arg(&self.socket)
             .args(["--tap", tap, "--metrics", &metrics])
@@ -77,6 +102,20 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
         }
+    }
+
+    /// Kills zcnet with SIGKILL (it leaves its socket file behind, as a
+    /// crash would) and starts it again on the same socket path. The old
+    /// log is kept for the failure dump.
+    pub fn kill_and_restart(&mut self, ns: &NetNs, tap: &str, extra: &[&str]) {
+        let status = self.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+        assert!(!status.success(), "zcnet survived SIGKILL: {status}");
+        self.previous_logs.push_str(&self.log_text());
+        self.previous_logs
+            .push_str("---- (SIGKILL; restarted) ----\n");
+        // The stale socket file shows the restart when it is replaced.
+        fs::remove_file(&self.socket).expect("remove the stale socket");
+        self.spawn(ns, tap, extra);
     }
 
     pub fn connect_raw(&self) -> UnixStream {
@@ -161,7 +200,8 @@ impl Drop for Daemon {
         }
         if std::thread::panicking() {
             eprintln!(
-                "---- zcnet log ----\n{}\n---- end of zcnet log ----",
+                "---- zcnet log ----\n{}{}\n---- end of zcnet log ----",
+                self.previous_logs,
                 self.log_text()
             );
         }

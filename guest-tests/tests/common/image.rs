@@ -1,0 +1,59 @@
+//! The guest image: built (or found up to date) once per test process by
+//! `guest-tests/image/build-image.sh`, cached under `target/guest-image`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub struct Image {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// The guest image, built on first use. A failure to build it fails the
+/// test with the builder's output: guest tests never pass by skipping.
+pub fn image() -> &'static Image {
+    static IMAGE: OnceLock<Result<Image, String>> = OnceLock::new();
+    match IMAGE.get_or_init(build) {
+        Ok(image) => image,
+        Err(e) => panic!("the guest image could not be set up:\n{e}"),
+    }
+}
+
+fn build() -> Result<Image, String> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let script = manifest.join("image/build-image.sh");
+    let out = manifest.join("../target/guest-image");
+    let run = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    if !run.status.success() {
+        return Err(format!(
+            "{} failed ({}):\n{log}",
+            script.display(),
+            run.status
+        ));
+    }
+    eprint!("{log}");
+    let image = Image {
+        kernel: out.join("vmlinuz"),
+        initrd: out.join("initramfs.cpio.gz"),
+    };
+    for p in [&image.kernel, &image.initrd] {
+        if !p.exists() {
+            return Err(format!(
+                "{} succeeded but {} is missing",
+                script.display(),
+                p.display()
+            ));
+        }
+    }
+    Ok(image)
+}

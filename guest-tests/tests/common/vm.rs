@@ -1,0 +1,241 @@
+//! One QEMU guest (TCG) booted from the test image, with its serial
+//! console on stdio: the harness reads it line by line and can type a line
+//! into it. QEMU is killed on drop; on a failing test its console and
+//! stderr are dumped.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::image::image;
+use super::netns::NetNs;
+
+pub const GUEST_IP: &str = "10.77.0.2/24";
+pub const HOST_IP: &str = "10.77.0.1";
+pub const GUEST_MAC: &str = "52:54:00:12:34:56";
+
+/// How the guest's NIC reaches the host.
+pub enum Nic<'a> {
+    /// `-netdev vhost-user` on this socket (QEMU in the root namespace).
+    VhostUser {
+        socket: &'a std::path::Path,
+        queues: usize,
+        reconnect: bool,
+    },
+    /// QEMU's own `-netdev tap` on a tap inside `ns` (QEMU runs in `ns`).
+    QemuTap { ns: &'a NetNs, tap: &'a str },
+}
+
+pub struct VmSpec<'a> {
+    pub name: &'a str,
+    pub cpus: usize,
+    /// The `/init` mode: iperf, mq, reconnect or shutdown.
+    pub mode: &'a str,
+    pub iperf_seconds: u32,
+    pub nic: Nic<'a>,
+}
+
+#[derive(Default)]
+struct Console {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+pub struct Vm {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    console: Arc<(Mutex<Console>, Condvar)>,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Vm {
+    pub fn boot(spec: &VmSpec) -> Vm {
+        let image = image();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stderr = dir.path().join("qemu.stderr");
+        let append = format!(
+            "console=ttyS0 quiet panic=-1 zc.mode={} zc.ip={GUEST_IP} zc.server={HOST_IP} zc.time={}",
+            spec.mode, spec.iperf_seconds
+        );
+        let mut cmd = match spec.nic {
+            Nic::QemuTap { ns, .. } => ns.command("qemu-system-x86_64"),
+            Nic::VhostUser { .. } => Command::new("qemu-system-x86_64"),
+        };
+        cmd.args(["-accel", "tcg", "-m", "512", "-smp"])
+            .arg(spec.cpus.to_string())
+            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+            .args(["-no-reboot", "-kernel"])
+            .arg(&image.kernel)
+            .arg("-initrd")
+            .arg(&image.initrd)
+            .args(["-append", &append])
+            // vhost-user needs guest RAM the backend can map: memfd, shared.
+            .args([
+                "-object",
+                "memory-backend-memfd,id=mem,size=512M,share=on",
+                "-machine",
+                "memory-backend=mem",
+            ]);
+        match spec.nic {
+            Nic::VhostUser {
+                socket,
+                queues,
+                reconnect,
+            } => {
+                let reconnect = if reconnect { ",reconnect-ms=500" } else { "" };
+                cmd.arg("-chardev")
+                    .arg(format!("socket,id=c0,path={}{reconnect}", socket.display()));
+                cmd.arg("-netdev")
+                    .arg(format!("vhost-user,id=n0,chardev=c0,queues={queues}"));
+                let mq = if queues > 1 {
+                    format!(",mq=on,vectors={}", 2 * queues + 2)
+                } else {
+                    String::new()
+                };
+                cmd.arg("-device")
+                    .arg(format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}{mq}"));
+            }
+            Nic::QemuTap { tap, .. } => {
+                cmd.arg("-netdev").arg(format!(
+                    "tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off"
+                ));
+                cmd.arg("-device")
+                    .arg(format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}"));
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start qemu-system-x86_64 (the image builder installs it): {e}")
+            });
+        let console = Arc::new((Mutex::new(Console::default()), Condvar::new()));
+        let out = child.stdout.take().expect("piped stdout");
+        let shared = console.clone();
+        thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                let n = r.read_until(b'\n', &mut buf).unwrap_or(0);
+                let (lock, cv) = &*shared;
+                let mut c = lock.lock().unwrap();
+                if n == 0 {
+                    c.closed = true;
+                    cv.notify_all();
+                    return;
+                }
+                let line = String::from_utf8_lossy(&buf);
+                c.lines.push(line.trim_end_matches(['\r', '\n']).to_owned());
+                cv.notify_all();
+            }
+        });
+        eprintln!("[{}] booting: {cmd:?}", spec.name);
+        Vm {
+            name: spec.name.to_owned(),
+            stdin: child.stdin.take(),
+            child,
+            console,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until a console line contains `marker` and returns that line.
+    /// Fails if QEMU exits or `timeout` passes first.
+    pub fn wait_marker(&self, marker: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.console;
+        let mut c = lock.lock().unwrap();
+        loop {
+            if let Some(l) = c.lines.iter().find(|l| l.contains(marker)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                !c.closed,
+                "[{}] QEMU exited before the guest printed {marker:?}",
+                self.name
+            );
+            assert!(
+                now < deadline,
+                "[{}] the guest did not print {marker:?} within {timeout:?}",
+                self.name
+            );
+            c = cv.wait_timeout(c, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Types a line on the guest's serial console.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("console input");
+        writeln!(stdin, "{line}").expect("write to the guest console");
+        stdin.flush().expect("flush the guest console");
+    }
+
+    /// Waits for `ZCNET-DONE`, then for QEMU to exit (the guest powers
+    /// off). Returns the whole console.
+    pub fn wait_done(&mut self, timeout: Duration) -> String {
+        self.wait_marker("ZCNET-DONE", timeout);
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert!(
+            status.success(),
+            "[{}] QEMU exited with {status}",
+            self.name
+        );
+        let console = self.console();
+        assert!(
+            !console.contains("ZCNET-FATAL"),
+            "[{}] the guest's /init failed",
+            self.name
+        );
+        console
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        // QEMU closes its stdout when it exits: wait for that, then reap.
+        let deadline = Instant::now() + timeout;
+        {
+            let (lock, cv) = &*self.console;
+            let mut c = lock.lock().unwrap();
+            while !c.closed {
+                let now = Instant::now();
+                assert!(
+                    now < deadline,
+                    "[{}] QEMU did not exit within {timeout:?} after the guest powered off",
+                    self.name
+                );
+                c = cv.wait_timeout(c, deadline - now).unwrap().0;
+            }
+        }
+        self.child.wait().expect("wait for QEMU")
+    }
+
+    pub fn console(&self) -> String {
+        self.console.0.lock().unwrap().lines.join("\n")
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "---- [{}] guest console ----\n{}\n---- [{}] QEMU stderr ----\n{}\n---- end ----",
+                self.name,
+                self.console(),
+                self.name,
+                fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+        }
+    }
+}
