@@ -3,8 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::Parser;
 use thiserror::Error;
+
+use crate::lending::ZeroCopyMode;
 
 /// The most queue pairs: one worker thread each, and the vhost-user
 /// worker map holds 64 queues.
@@ -19,8 +23,32 @@ pub struct Args {
     pub socket_path: PathBuf,
     /// Tap device to attach to: opened if it exists (make it with `ip tuntap
     /// add dev NAME mode tap multi_queue vnet_hdr`), otherwise created.
-    #[arg(long, value_name = "NAME")]
-    pub tap: String,
+    #[arg(
+        long,
+        value_name = "NAME",
+        required_unless_present = "udp",
+        conflicts_with = "udp"
+    )]
+    pub tap: Option<String>,
+    /// Instead of a tap: one Ethernet frame per UDP datagram between
+    /// LOCAL_IP:PORT and REMOTE_IP:PORT (QEMU's `-netdev dgram` speaks
+    /// this). TX frames are lent to the kernel with MSG_ZEROCOPY.
+    #[arg(long, value_name = "LOCAL_IP:PORT,REMOTE_IP:PORT")]
+    pub udp: Option<String>,
+    /// The peer is another zcnet: carry the virtio-net header before each
+    /// frame, so checksum offload survives end to end.
+    #[arg(long)]
+    pub vnet_hdr_peer: bool,
+    /// Lend TX pages to the kernel on socket attachments: `auto` backs off
+    /// to copying while the kernel reports it copies anyway.
+    #[arg(long, value_enum, default_value_t = ZeroCopyMode::Auto)]
+    pub zerocopy: ZeroCopyMode,
+    /// Frames shorter than this are copied, not lent.
+    #[arg(long, value_name = "N", default_value_t = 10240)]
+    pub zerocopy_min_bytes: usize,
+    /// How long GET_VRING_BASE waits for lent TX chains, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub zerocopy_drain_ms: u64,
     /// Number of RX/TX queue pairs (one worker thread each).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub queue_pairs: usize,
@@ -39,11 +67,25 @@ pub struct Args {
     pub metrics: Option<SocketAddr>,
 }
 
+/// Where the guest's frames go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachmentConfig {
+    Tap(String),
+    Udp {
+        local: SocketAddr,
+        remote: SocketAddr,
+        peer_hdr: bool,
+    },
+}
+
 /// A configuration zcnet can run with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub socket_path: PathBuf,
-    pub tap: String,
+    pub attachment: AttachmentConfig,
+    pub zerocopy: ZeroCopyMode,
+    pub zerocopy_min_bytes: usize,
+    pub drain: Duration,
     pub queue_pairs: usize,
     pub queue_size: u16,
     pub mac: [u8; 6],
@@ -66,6 +108,14 @@ pub enum ConfigError {
     Mtu(u32),
     #[error("--tap {0:?}: use an interface name of 1 to 15 characters without '/' or spaces")]
     TapName(String),
+    #[error("--udp {0:?}: use LOCAL_IP:PORT,REMOTE_IP:PORT, e.g. 10.0.0.1:7000,10.0.0.2:7000")]
+    Udp(String),
+    #[error(
+        "--vnet-hdr-peer applies to a socket attachment (--udp); a tap always carries the header"
+    )]
+    VnetHdrPeer,
+    #[error("--udp carries one queue pair: drop --queue-pairs {0}")]
+    UdpQueuePairs(usize),
     #[error("--socket-path {0:?}: the directory {1:?} does not exist")]
     SocketDir(PathBuf, PathBuf),
 }
@@ -80,16 +130,42 @@ impl TryFrom<Args> for Config {
         if !(2..=32768).contains(&a.queue_size) || !a.queue_size.is_power_of_two() {
             return Err(ConfigError::QueueSize(a.queue_size));
         }
-        if a.tap.is_empty() || a.tap.len() > 15 || a.tap.contains(['/', ' ', '\0']) {
-            return Err(ConfigError::TapName(a.tap));
-        }
+        let attachment = match (a.tap, a.udp) {
+            (Some(_), _) if a.vnet_hdr_peer => return Err(ConfigError::VnetHdrPeer),
+            (Some(tap), _) => {
+                if tap.is_empty() || tap.len() > 15 || tap.contains(['/', ' ', '\0']) {
+                    return Err(ConfigError::TapName(tap));
+                }
+                AttachmentConfig::Tap(tap)
+            }
+            (None, Some(udp)) => {
+                let bad = || ConfigError::Udp(udp.clone());
+                let (l, r) = udp.split_once(',').ok_or_else(bad)?;
+                let local: SocketAddr = l.trim().parse().map_err(|_| bad())?;
+                let remote: SocketAddr = r.trim().parse().map_err(|_| bad())?;
+                if a.queue_pairs != 1 {
+                    return Err(ConfigError::UdpQueuePairs(a.queue_pairs));
+                }
+                AttachmentConfig::Udp {
+                    local,
+                    remote,
+                    peer_hdr: a.vnet_hdr_peer,
+                }
+            }
+            // clap requires one of the two.
+            (None, None) => return Err(ConfigError::TapName(String::new())),
+        };
+        let name = match &attachment {
+            AttachmentConfig::Tap(t) => t.clone(),
+            AttachmentConfig::Udp { local, .. } => local.to_string(),
+        };
         let mtu = match a.mtu {
             Some(m) if !(68..=65535).contains(&m) => return Err(ConfigError::Mtu(m)),
             m => m.map(|m| m as u16),
         };
         let mac = match a.mac {
             Some(s) => parse_mac(&s)?,
-            None => default_mac(&a.tap),
+            None => default_mac(&name),
         };
         if let Some(dir) = a.socket_path.parent() {
             if !dir.as_os_str().is_empty() && !dir.is_dir() {
@@ -101,7 +177,10 @@ impl TryFrom<Args> for Config {
         }
         Ok(Config {
             socket_path: a.socket_path,
-            tap: a.tap,
+            attachment,
+            zerocopy: a.zerocopy,
+            zerocopy_min_bytes: a.zerocopy_min_bytes,
+            drain: Duration::from_millis(a.zerocopy_drain_ms),
             queue_pairs: a.queue_pairs,
             queue_size: a.queue_size as u16,
             mac,
@@ -130,7 +209,7 @@ fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
     Ok(mac)
 }
 
-/// A stable, locally administered MAC derived from the tap name, so a
+/// A stable, locally administered MAC derived from the attachment, so a
 /// restarted daemon reports the same address.
 fn default_mac(tap: &str) -> [u8; 6] {
     // FNV-1a: small, stable across Rust versions.
@@ -197,5 +276,45 @@ mod tests {
         assert_eq!(c.queue_pairs, 2);
         assert_eq!(c.mac, [0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
         assert_eq!(c.mtu, Some(9000));
+    }
+
+    #[test]
+    fn udp_attachment_and_its_mistakes() {
+        let parse = |argv: &[&str]| {
+            let mut v = vec!["zcnet", "--socket-path", "/tmp/zc.sock"];
+            v.extend_from_slice(argv);
+            Args::try_parse_from(v)
+                .map_err(|e| e.to_string())
+                .and_then(|a| Config::try_from(a).map_err(|e| e.to_string()))
+        };
+        let c = parse(&["--udp", "10.0.0.1:7000,10.0.0.2:7001", "--vnet-hdr-peer"]).unwrap();
+        assert_eq!(
+            c.attachment,
+            AttachmentConfig::Udp {
+                local: "10.0.0.1:7000".parse().unwrap(),
+                remote: "10.0.0.2:7001".parse().unwrap(),
+                peer_hdr: true
+            }
+        );
+        assert_eq!(c.zerocopy, ZeroCopyMode::Auto);
+        assert!(parse(&["--udp", "10.0.0.1:7000"])
+            .unwrap_err()
+            .contains("LOCAL_IP:PORT,REMOTE_IP:PORT"));
+        assert!(parse(&["--udp", "10.0.0.1:1,10.0.0.2:2", "--tap", "t0"])
+            .unwrap_err()
+            .contains("cannot be used with"));
+        assert!(
+            parse(&["--udp", "10.0.0.1:1,10.0.0.2:2", "--queue-pairs", "2"])
+                .unwrap_err()
+                .contains("one queue pair")
+        );
+        assert!(parse(&["--vnet-hdr-peer", "--tap", "t0"])
+            .unwrap_err()
+            .contains("--udp"));
+        assert!(
+            parse(&["--udp", "10.0.0.1:1,10.0.0.2:2", "--zerocopy", "maybe"])
+                .unwrap_err()
+                .contains("auto")
+        );
     }
 }

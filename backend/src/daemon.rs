@@ -13,12 +13,13 @@ use thiserror::Error;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use zcnet_tap::{Attachment, Tap, TapError};
+use zcnet_tap::{Attachment, Tap, TapError, UdpAttachment, UdpError};
 
-use crate::cli::Config;
+use crate::cli::{AttachmentConfig, Config};
 use crate::control::{self, ControlError};
 use crate::device::{DeviceSpec, NetDevice};
 use crate::frontend_relay;
+use crate::lending::{LendPolicy, ZeroCopyMode};
 use crate::metrics::{self, Metrics, ServeError};
 
 #[derive(Debug, Error)]
@@ -27,6 +28,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error("cannot open the tap")]
     Tap(#[from] TapError),
+    #[error("cannot open the UDP attachment")]
+    Udp(#[from] UdpError),
     #[error(transparent)]
     Metrics(#[from] ServeError),
     #[error("cannot listen on {path}")]
@@ -60,14 +63,8 @@ pub struct BackendError(vhost_user_backend::Error);
 pub fn run(config: Config) -> Result<(), DaemonError> {
     control::start(config.socket_path.clone())?;
 
-    let taps = Tap::open_queues(&config.tap, config.queue_pairs)?;
-    let offloads = taps[0].supported_offloads();
-    info!(
-        "tap {} open with {} queue(s); the kernel accepts offloads {offloads:?}",
-        config.tap, config.queue_pairs
-    );
-    let attachments: Vec<Arc<dyn Attachment>> =
-        taps.into_iter().map(|t| Arc::new(t) as _).collect();
+    let attachments = open_attachments(&config)?;
+    let offloads = attachments[0].supported_offloads();
 
     let metrics = Arc::new(Metrics::new(config.queue_pairs));
     if let Some(addr) = config.metrics {
@@ -85,11 +82,55 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         mtu: config.mtu,
         queue_size: config.queue_size,
         offloads,
+        lend: LendPolicy {
+            mode: config.zerocopy,
+            min_bytes: config.zerocopy_min_bytes,
+            cap: LEND_CAP,
+        },
+        drain: config.drain,
     };
     info!("listening for a vhost-user frontend on {path}");
     loop {
         serve_one(&spec, &attachments, &metrics, &mut listener)?;
         info!("frontend disconnected; waiting for the next connection on {path}");
+    }
+}
+
+/// The most TX chains a queue lends at once (also at most a quarter of
+/// the ring), as vhost-net did.
+const LEND_CAP: usize = 128;
+
+/// Opens the attachment of every queue pair, once for the daemon's life.
+fn open_attachments(config: &Config) -> Result<Vec<Arc<dyn Attachment>>, DaemonError> {
+    match &config.attachment {
+        AttachmentConfig::Tap(name) => {
+            let taps = Tap::open_queues(name, config.queue_pairs)?;
+            info!(
+                "tap {name} open with {} queue(s); the kernel accepts offloads {:?}",
+                config.queue_pairs,
+                taps[0].supported_offloads()
+            );
+            Ok(taps.into_iter().map(|t| Arc::new(t) as _).collect())
+        }
+        AttachmentConfig::Udp {
+            local,
+            remote,
+            peer_hdr,
+        } => {
+            let zc = config.zerocopy != ZeroCopyMode::Off;
+            let udp = UdpAttachment::open(*local, *remote, *peer_hdr, zc)?;
+            info!(
+                "UDP attachment {local} -> {remote} ({}; zero-copy {:?}, frames from {} bytes lent)",
+                if *peer_hdr {
+                    "virtio-net header on the wire"
+                } else {
+                    "raw frames"
+                },
+                config.zerocopy,
+                config.zerocopy_min_bytes
+            );
+            Ok(vec![Arc::new(udp)])
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::{info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -18,6 +19,7 @@ use crate::config_space::NetConfigSpace;
 use crate::datapath::Vring;
 use crate::features::{self, Negotiated};
 use crate::iovec::Mem;
+use crate::lending::LendPolicy;
 use crate::metrics::Metrics;
 use crate::queue_pair::{PairEvent, QueuePair};
 
@@ -29,6 +31,10 @@ pub struct DeviceSpec {
     pub queue_size: u16,
     /// The offloads the attachment accepts.
     pub offloads: Offloads,
+    /// When TX frames are lent to the kernel (socket attachments).
+    pub lend: LendPolicy,
+    /// How long GET_VRING_BASE waits for lent TX chains.
+    pub drain: Duration,
 }
 
 /// One connection's device: a fresh one is built for every frontend.
@@ -51,7 +57,7 @@ impl NetDevice {
         let pairs = attachments
             .iter()
             .enumerate()
-            .map(|(i, a)| QueuePair::new(i, a.clone(), metrics.queue(i)))
+            .map(|(i, a)| QueuePair::new(i, a.clone(), metrics.queue(i), spec.lend, spec.drain))
             .collect::<io::Result<Vec<_>>>()?;
         let config = NetConfigSpace::new(spec.mac, pairs.len() as u16, spec.mtu.unwrap_or(0));
         Ok(NetDevice {

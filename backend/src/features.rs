@@ -11,7 +11,7 @@ const fn bit(b: u32) -> u64 {
     1 << b
 }
 
-/// Features offered whatever the tap supports.
+/// Features offered whatever the attachment supports.
 ///
 /// IN_ORDER is deliberately absent: a chain lent to the kernel through a
 /// zero-copy attachment completes when the kernel releases its pages, which
@@ -19,8 +19,6 @@ const fn bit(b: u32) -> u64 {
 const BASE: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_RING_F_EVENT_IDX)
     | bit(VIRTIO_RING_F_INDIRECT_DESC)
-    | bit(VIRTIO_NET_F_CSUM)
-    | bit(VIRTIO_NET_F_GUEST_CSUM)
     | bit(VIRTIO_NET_F_MRG_RXBUF)
     | bit(VIRTIO_NET_F_STATUS)
     | bit(VIRTIO_NET_F_MAC)
@@ -38,6 +36,7 @@ pub fn offered(tap: Offloads, mtu: bool) -> u64 {
     // HOST_* lets the guest send offloaded frames, which the tap accepts
     // in the vnet header; GUEST_* lets the tap hand them to the guest.
     for (ok, host, guest) in [
+        (tap.csum, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM),
         (tap.tso4, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_GUEST_TSO4),
         (tap.tso6, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_GUEST_TSO6),
         (tap.tso_ecn, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_GUEST_ECN),

@@ -16,6 +16,7 @@ pub mod features;
 mod frontend_relay;
 mod guest_errors;
 pub mod iovec;
+pub mod lending;
 pub mod metrics;
 mod queue_pair;
 mod rx;

@@ -13,6 +13,7 @@ use log::{error, info, warn};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use thiserror::Error;
 
@@ -28,6 +29,12 @@ pub struct QueueMetrics {
     pub rx_bytes: Counter,
     pub rx_dropped: Counter,
     pub malformed_chains: Counter,
+    pub zc_sends: Counter,
+    pub zc_completed: Counter,
+    pub zc_copied: Counter,
+    pub zc_copy_fallbacks: Counter,
+    pub lent_chains: Gauge,
+    pub lent_chains_max: Gauge,
 }
 
 /// The daemon's metrics registry.
@@ -70,6 +77,35 @@ impl Metrics {
             "zcnet_malformed_chains",
             "Descriptor chains from the guest that were malformed and returned with length 0",
         );
+        let zc_sends = family(
+            "zcnet_tx_zerocopy_sends",
+            "Frames sent with MSG_ZEROCOPY: the guest's pages lent to the kernel",
+        );
+        let zc_completed = family(
+            "zcnet_tx_zerocopy_completed",
+            "Zero-copy sends the kernel reported released",
+        );
+        let zc_copied = family(
+            "zcnet_tx_zerocopy_copied",
+            "Zero-copy sends the kernel reported it copied after all (SO_EE_CODE_ZEROCOPY_COPIED)",
+        );
+        let zc_fallbacks = family(
+            "zcnet_tx_copy_fallbacks",
+            "Frames copied that could have been lent (cap reached, auto back-off, ENOBUFS)",
+        );
+        let mut gauge = |name: &str, help: &str| {
+            let f = Family::<Labels, Gauge>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let lent = gauge(
+            "zcnet_tx_lent_chains",
+            "TX chains whose pages the kernel holds now",
+        );
+        let lent_max = gauge(
+            "zcnet_tx_lent_chains_max",
+            "The most TX chains lent at once",
+        );
         let queues = (0..queue_pairs)
             .map(|q| {
                 let l: Labels = vec![("queue".to_owned(), q.to_string())];
@@ -81,6 +117,12 @@ impl Metrics {
                     rx_bytes: rx_bytes.get_or_create(&l).clone(),
                     rx_dropped: rx_dropped.get_or_create(&l).clone(),
                     malformed_chains: malformed.get_or_create(&l).clone(),
+                    zc_sends: zc_sends.get_or_create(&l).clone(),
+                    zc_completed: zc_completed.get_or_create(&l).clone(),
+                    zc_copied: zc_copied.get_or_create(&l).clone(),
+                    zc_copy_fallbacks: zc_fallbacks.get_or_create(&l).clone(),
+                    lent_chains: lent.get_or_create(&l).clone(),
+                    lent_chains_max: lent_max.get_or_create(&l).clone(),
                 }
             })
             .collect();

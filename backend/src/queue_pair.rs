@@ -7,8 +7,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::info;
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use zcnet_tap::Attachment;
@@ -17,6 +20,7 @@ use crate::datapath::{Ctx, Vring};
 use crate::features::Negotiated;
 use crate::guest_errors::GuestErrorLog;
 use crate::iovec::Mem;
+use crate::lending::LendPolicy;
 use crate::metrics::QueueMetrics;
 use crate::rx::{self, RxState, RxStop};
 use crate::tx::{self, TxState};
@@ -48,10 +52,12 @@ impl PairEvent {
     }
 }
 
-#[derive(Default)]
 struct PairState {
     features: Negotiated,
     tx: TxState,
+    /// The TX vring, kept from the first event so GET_VRING_BASE can
+    /// return drained chains (it comes from the frontend's thread).
+    tx_vring: Option<Vring>,
     rx: RxState,
     guest_log: GuestErrorLog,
     host_log: GuestErrorLog,
@@ -63,6 +69,8 @@ pub struct QueuePair {
     metrics: QueueMetrics,
     /// Wakes the worker again when RX stopped on its budget.
     rx_resume: EventFd,
+    /// How long GET_VRING_BASE waits for lent chains.
+    drain: Duration,
     state: Mutex<PairState>,
 }
 
@@ -71,15 +79,22 @@ impl QueuePair {
         index: usize,
         attachment: Arc<dyn Attachment>,
         metrics: QueueMetrics,
+        lend: LendPolicy,
+        drain: Duration,
     ) -> io::Result<Self> {
         Ok(QueuePair {
             index,
             attachment,
             metrics,
             rx_resume: EventFd::new(EFD_NONBLOCK)?,
+            drain,
             state: Mutex::new(PairState {
+                features: Negotiated::default(),
+                tx: TxState::new(lend),
+                tx_vring: None,
                 rx: RxState::new(),
-                ..PairState::default()
+                guest_log: GuestErrorLog::default(),
+                host_log: GuestErrorLog::default(),
             }),
         })
     }
@@ -139,6 +154,9 @@ impl QueuePair {
     pub fn handle(&self, event: PairEvent, rx_vring: &Vring, tx_vring: &Vring, mem: &Mem) {
         let mut guard = self.lock();
         let st = &mut *guard;
+        if st.tx_vring.is_none() {
+            st.tx_vring = Some(tx_vring.clone());
+        }
         let mut ctx = Ctx {
             pair: self.index,
             attachment: &*self.attachment,
@@ -147,7 +165,7 @@ impl QueuePair {
             guest_log: &mut st.guest_log,
             host_log: &mut st.host_log,
         };
-        let (mut run_rx, mut run_tx) = (false, false);
+        let (mut run_rx, mut run_tx, mut reap) = (false, false, false);
         match event {
             PairEvent::RxKick => run_rx = true,
             PairEvent::TxKick => run_tx = !st.tx.blocked,
@@ -161,6 +179,13 @@ impl QueuePair {
                     run_rx = true;
                 }
                 run_tx = evset.contains(EventSet::OUT) && st.tx.blocked;
+                // Zero-copy notifications raise EPOLLERR.
+                reap = evset.contains(EventSet::ERROR);
+            }
+        }
+        if reap && !run_tx {
+            if let Err(e) = tx::complete(&mut ctx, &mut st.tx, tx_vring, mem) {
+                ctx.guest_error(format_args!("TX queue: {e}"));
             }
         }
         if run_tx {
@@ -179,15 +204,73 @@ impl QueuePair {
         }
     }
 
-    /// Called for GET_VRING_BASE once the queue no longer gets events:
-    /// waits for the worker to finish with it. Nothing is held across
-    /// events on a tap (its sends complete at once and unused RX chains
-    /// are rewound before each event ends), so this only synchronises.
+    /// Called for GET_VRING_BASE once the queue no longer gets events,
+    /// before the frontend gets its reply. For the TX queue, waits (at
+    /// most the drain time) until the kernel released every lent chain and
+    /// puts those on the used ring. Chains still lent when the time is up
+    /// are abandoned: after the reply the device must not write the ring.
     pub fn stop_queue(&self, queue: u32) {
-        let st = self.lock();
-        info!(
-            "queue {queue} stopped by frontend (GET_VRING_BASE); {} TX chains still lent",
-            st.tx.lent.len()
-        );
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if queue.is_multiple_of(2) {
+            info!("queue {queue} stopped by frontend (GET_VRING_BASE)");
+            return;
+        }
+        let lent = st.tx.lending.lent();
+        let deadline = Instant::now() + self.drain;
+        if lent > 0 {
+            info!(
+                "queue {queue} stopping: waiting up to {:?} for {lent} lent TX chains",
+                self.drain
+            );
+        }
+        if let Some(vring) = st.tx_vring.clone() {
+            let mut ctx = Ctx {
+                pair: self.index,
+                attachment: &*self.attachment,
+                metrics: &self.metrics,
+                features: st.features,
+                guest_log: &mut st.guest_log,
+                host_log: &mut st.host_log,
+            };
+            let mut vs = vring.get_mut();
+            let mut used = false;
+            loop {
+                match tx::reap(&mut ctx, &mut st.tx, &mut vs) {
+                    Ok(u) => used |= u,
+                    Err(e) => {
+                        ctx.guest_error(format_args!("TX queue: {e}"));
+                        break;
+                    }
+                }
+                let now = Instant::now();
+                if st.tx.lending.lent() == 0 || now >= deadline {
+                    break;
+                }
+                // Notifications raise POLLERR, which poll always reports.
+                let mut pfd = [PollFd::new(self.attachment.fd(), PollFlags::empty())];
+                let wait = (deadline - now).as_millis().min(i32::MAX as u128) as i32;
+                let _ = poll(
+                    &mut pfd,
+                    PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
+                );
+            }
+            if used {
+                let _ = vs.signal_used_queue();
+            }
+        }
+        let abandoned = st.tx.lending.abandon();
+        self.metrics.lent_chains.set(0);
+        if abandoned > 0 {
+            warn!(
+                "queue {queue} stopped by frontend (GET_VRING_BASE) with {abandoned} TX chains \
+                 still lent after {:?}: they are not returned to the guest",
+                self.drain
+            );
+        } else {
+            info!(
+                "queue {queue} stopped by frontend (GET_VRING_BASE); {lent} lent TX chains drained"
+            );
+        }
     }
 }

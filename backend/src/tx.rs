@@ -3,9 +3,9 @@
 //!
 //! A chain's completion may be immediate (the attachment copied the frame,
 //! as the tap always does) or deferred (the kernel holds the guest's pages
-//! until a zero-copy notification arrives). A deferred chain is kept in
-//! `TxState::lent` by head index and length only, never by pointer, so
-//! SET_MEM_TABLE can change the memory map while pages are lent.
+//! until a zero-copy notification arrives). A deferred chain is kept by the
+//! completion engine (`lending`) by head index and id range only, never by
+//! pointer, so SET_MEM_TABLE can change the memory map while pages are lent.
 //!
 //! The guest can rewrite a buffer after it was checked here and before (or
 //! while) the kernel reads it. That harms only the guest's own frame: the
@@ -17,10 +17,11 @@ use std::io;
 use log::debug;
 use vhost_user_backend::VringT;
 use virtio_queue::{QueueOwnedT, QueueT};
-use zcnet_tap::Sent;
+use zcnet_tap::{Completion, SendMode, Sent};
 
 use crate::datapath::{Ctx, QueueError, VState, Vring};
 use crate::iovec::{Direction, GuestIoVecs, Mem};
+use crate::lending::{LendPolicy, Lending};
 use crate::vnet_hdr::VnetHdr;
 
 /// The largest frame accepted after the virtio-net header: 64 KiB of GSO
@@ -29,31 +30,85 @@ pub const MAX_FRAME_LEN: usize = 65536 + 14 + 4;
 /// The shortest frame: an Ethernet header.
 pub const MIN_FRAME_LEN: usize = 14;
 
-/// A chain lent to the kernel, waiting for its completion.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LentChain {
-    pub head: u16,
-    pub first_id: u32,
-    pub last_id: u32,
-}
-
 /// Per-connection TX state of one queue pair.
-#[derive(Default)]
 pub struct TxState {
     iov: GuestIoVecs,
     /// The attachment said EAGAIN: wait for it to be writable.
     pub blocked: bool,
     /// Chains the kernel still holds pages of.
-    pub lent: Vec<LentChain>,
+    pub lending: Lending,
+    completions: Vec<Completion>,
+    done: Vec<u16>,
+}
+
+impl TxState {
+    pub fn new(policy: LendPolicy) -> Self {
+        TxState {
+            iov: GuestIoVecs::default(),
+            blocked: false,
+            lending: Lending::new(policy),
+            completions: Vec::new(),
+            done: Vec::new(),
+        }
+    }
 }
 
 /// What happened to one chain.
 enum Outcome {
-    Done { bytes: usize },
-    Lent { first_id: u32, last_id: u32 },
+    Done {
+        bytes: usize,
+    },
+    Lent {
+        first_id: u32,
+        last_id: u32,
+        bytes: usize,
+    },
     Malformed,
     Dropped,
     WouldBlock,
+}
+
+/// Puts on the used ring every lent chain the kernel's notifications
+/// finished. Returns whether it used any chain. Notifications for chains
+/// zcnet no longer holds (abandoned at a queue stop) are counted only.
+pub fn reap(ctx: &mut Ctx<'_>, st: &mut TxState, vs: &mut VState) -> Result<bool, QueueError> {
+    if st.lending.lent() == 0 && !ctx.attachment.can_lend() {
+        return Ok(false);
+    }
+    st.completions.clear();
+    if let Err(e) = ctx.attachment.reap(&mut st.completions) {
+        ctx.host_error(format_args!("cannot read zero-copy notifications: {e}"));
+    }
+    st.done.clear();
+    for c in &st.completions {
+        let ids = u64::from(c.last.wrapping_sub(c.first)) + 1;
+        ctx.metrics.zc_completed.inc_by(ids);
+        if c.copied {
+            ctx.metrics.zc_copied.inc_by(ids);
+        }
+        st.lending.complete(*c, ctx.pair, &mut st.done);
+    }
+    for &head in &st.done {
+        add_used(vs, head)?;
+    }
+    ctx.metrics.lent_chains.set(st.lending.lent() as i64);
+    Ok(!st.done.is_empty())
+}
+
+/// Reaps completions and notifies the guest if that used any chain.
+pub fn complete(
+    ctx: &mut Ctx<'_>,
+    st: &mut TxState,
+    vring: &Vring,
+    _mem: &Mem,
+) -> Result<(), QueueError> {
+    let mut vs = vring.get_mut();
+    // Reaped even on a stopped queue: the notifications of abandoned
+    // chains must leave the error queue; they complete no chain.
+    if reap(ctx, st, &mut vs)? && vs.get_queue().ready() && vs.needs_notification()? {
+        vs.signal_used_queue().map_err(QueueError::Signal)?;
+    }
+    Ok(())
 }
 
 /// Drains the TX queue until it is empty or the attachment is full.
@@ -69,7 +124,9 @@ pub fn process(
     }
     st.blocked = false;
     let event_idx = vs.get_queue().event_idx_enabled();
-    let (mut frames, mut bytes, mut used) = (0u64, 0u64, false);
+    let ring_size = vs.get_queue().size();
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    let mut used = reap(ctx, st, &mut vs)?;
     'drain: loop {
         if event_idx {
             vs.get_queue_mut().disable_notification(mem)?;
@@ -84,7 +141,7 @@ pub fn process(
                 ctx.hdr_len() + MIN_FRAME_LEN,
                 ctx.hdr_len() + MAX_FRAME_LEN,
             ) {
-                Ok(_) => send(ctx, &st.iov),
+                Ok(_) => send(ctx, &mut st.lending, ring_size, &st.iov),
                 Err(e) => {
                     ctx.guest_error(format_args!("TX chain {head}: {e}"));
                     Outcome::Malformed
@@ -97,11 +154,18 @@ pub fn process(
                     add_used(&mut vs, head)?;
                     used = true;
                 }
-                Outcome::Lent { first_id, last_id } => st.lent.push(LentChain {
-                    head,
+                Outcome::Lent {
                     first_id,
                     last_id,
-                }),
+                    bytes: n,
+                } => {
+                    // Not on the used ring until the kernel releases the
+                    // pages: see `reap`.
+                    frames += 1;
+                    bytes += n as u64;
+                    ctx.metrics.zc_sends.inc();
+                    st.lending.lend(head, first_id, last_id);
+                }
                 Outcome::Malformed => {
                     ctx.metrics.malformed_chains.inc();
                     add_used(&mut vs, head)?;
@@ -126,6 +190,8 @@ pub fn process(
         }
     }
     st.iov.clear();
+    ctx.metrics.lent_chains.set(st.lending.lent() as i64);
+    ctx.metrics.lent_chains_max.set(st.lending.max_lent as i64);
     ctx.metrics.tx_frames.inc_by(frames);
     ctx.metrics.tx_bytes.inc_by(bytes);
     if used && vs.needs_notification()? {
@@ -139,7 +205,7 @@ fn add_used(vs: &mut VState, head: u16) -> Result<(), QueueError> {
     vs.add_used(head, 0).map_err(QueueError::Queue)
 }
 
-fn send(ctx: &mut Ctx<'_>, iov: &GuestIoVecs) -> Outcome {
+fn send(ctx: &mut Ctx<'_>, lending: &mut Lending, ring_size: u16, iov: &GuestIoVecs) -> Outcome {
     let hdr_len = ctx.hdr_len();
     let frame_len = iov.len() - hdr_len;
     let mut raw = [0u8; VnetHdr::LEN];
@@ -149,9 +215,28 @@ fn send(ctx: &mut Ctx<'_>, iov: &GuestIoVecs) -> Outcome {
         ctx.guest_error(format_args!("TX header: {e}"));
         return Outcome::Malformed;
     }
-    match ctx.attachment.send(iov.as_slice()) {
-        Ok(Sent::Copied) => Outcome::Done { bytes: frame_len },
-        Ok(Sent::Lent { first_id, last_id }) => Outcome::Lent { first_id, last_id },
+    let (mode, reason) = if ctx.attachment.can_lend() {
+        lending.choose(frame_len, ring_size)
+    } else {
+        (SendMode::Copy, None)
+    };
+    // With SendMode::Lend the kernel reads the guest's pages after this
+    // call returns. The guest can rewrite the buffer meanwhile (it owns
+    // it); that corrupts only its own frame on the wire: the header was
+    // validated from a copy above and the kernel parses what it sends
+    // again, so no host state depends on those bytes.
+    match ctx.attachment.send(iov.as_slice(), mode) {
+        Ok(Sent::Copied) => {
+            if reason.is_some() || mode == SendMode::Lend {
+                ctx.metrics.zc_copy_fallbacks.inc();
+            }
+            Outcome::Done { bytes: frame_len }
+        }
+        Ok(Sent::Lent { first_id, last_id }) => Outcome::Lent {
+            first_id,
+            last_id,
+            bytes: frame_len,
+        },
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Outcome::WouldBlock,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             ctx.guest_error(format_args!("the kernel refused a TX frame: {e}"));

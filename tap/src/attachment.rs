@@ -16,6 +16,26 @@ pub enum Sent {
     Lent { first_id: u32, last_id: u32 },
 }
 
+/// How the datapath asks for a frame to be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendMode {
+    /// Let the kernel copy the frame; the chain completes at once.
+    Copy,
+    /// Lend the guest's pages to the kernel (`MSG_ZEROCOPY`) if the
+    /// attachment can; it may still copy (then it returns `Sent::Copied`).
+    Lend,
+}
+
+/// A zero-copy notification: the kernel released the pages of every send
+/// with an id in `first..=last` (wrapping at 2^32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub first: u32,
+    pub last: u32,
+    /// The kernel copied these sends after all (`SO_EE_CODE_ZEROCOPY_COPIED`).
+    pub copied: bool,
+}
+
 /// A host attachment: where guest TX frames go and guest RX frames come from.
 ///
 /// Each queue pair owns one attachment. An attachment never allocates or
@@ -29,7 +49,21 @@ pub trait Attachment: Send + Sync {
     ///
     /// `Err(WouldBlock)` means nothing was sent and the caller should wait
     /// for the fd to become writable.
-    fn send(&self, iov: &[libc::iovec]) -> io::Result<Sent>;
+    fn send(&self, iov: &[libc::iovec], mode: SendMode) -> io::Result<Sent>;
+
+    /// Whether [`SendMode::Lend`] can ever lend pages.
+    fn can_lend(&self) -> bool {
+        false
+    }
+
+    /// Appends the zero-copy notifications the kernel has queued (never
+    /// blocks).
+    fn reap(&self, _out: &mut Vec<Completion>) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The offloads this attachment can carry in both directions.
+    fn supported_offloads(&self) -> Offloads;
 
     /// Receives one frame, scattered into `iov`; returns its length.
     ///

@@ -9,7 +9,10 @@
 pub mod attachment;
 pub mod offload;
 pub mod tap;
+pub mod udp;
+pub mod zerocopy;
 
-pub use attachment::{Attachment, Sent};
+pub use attachment::{Attachment, Completion, SendMode, Sent};
 pub use offload::Offloads;
 pub use tap::{Tap, TapError};
+pub use udp::{UdpAttachment, UdpError};

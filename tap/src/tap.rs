@@ -15,6 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use thiserror::Error;
 
+use crate::attachment::SendMode;
 use crate::attachment::{Attachment, Sent};
 use crate::Offloads;
 
@@ -233,8 +234,13 @@ impl Attachment for Tap {
         self.as_fd()
     }
 
-    fn send(&self, iov: &[libc::iovec]) -> io::Result<Sent> {
+    /// A tap fd cannot take `MSG_ZEROCOPY`: every write is copied once.
+    fn send(&self, iov: &[libc::iovec], _mode: SendMode) -> io::Result<Sent> {
         self.writev(iov).map(|_| Sent::Copied)
+    }
+
+    fn supported_offloads(&self) -> Offloads {
+        Tap::supported_offloads(self)
     }
 
     unsafe fn recv(&self, iov: &[libc::iovec]) -> io::Result<usize> {

@@ -47,6 +47,13 @@ impl Daemon {
     /// Starts `zcnet --socket-path ... --tap TAP --metrics 127.0.0.1:9500
     /// extra...` in `ns` and waits until its socket accepts connections.
     pub fn start(ns: &NetNs, tap: &str, extra: &[&str]) -> Daemon {
+        let mut args = vec!["--tap", tap];
+        args.extend_from_slice(extra);
+        Daemon::start_args(ns, &args)
+    }
+
+    /// Starts zcnet with exactly `args` (plus its socket and metrics).
+    pub fn start_args(ns: &NetNs, args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("zc.sock");
         let log = dir.path().join("zcnet.log");
@@ -57,19 +64,19 @@ impl Daemon {
             previous_logs: String::new(),
             _dir: dir,
         };
-        d.spawn(ns, tap, extra);
+        d.spawn(ns, args);
         d
     }
 
-    fn spawn(&mut self, ns: &NetNs, tap: &str, extra: &[&str]) {
+    fn spawn(&mut self, ns: &NetNs, args: &[&str]) {
         let logfile = fs::File::create(&self.log).expect("log file");
         let metrics = format!("127.0.0.1:{METRICS_PORT}");
         let child = ns
             .command(&zcnet_bin())
             .arg("--socket-path")
             .arg(&self.socket)
-            .args(["--tap", tap, "--metrics", &metrics])
-            .args(extra)
+            .args(["--metrics", &metrics])
+            .args(args)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(logfile)
@@ -115,7 +122,9 @@ impl Daemon {
             .push_str("---- (SIGKILL; restarted) ----\n");
         // The stale socket file shows the restart when it is replaced.
         fs::remove_file(&self.socket).expect("remove the stale socket");
-        self.spawn(ns, tap, extra);
+        let mut args = vec!["--tap", tap];
+        args.extend_from_slice(extra);
+        self.spawn(ns, &args);
     }
 
     pub fn connect_raw(&self) -> UnixStream {

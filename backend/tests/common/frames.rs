@@ -98,6 +98,28 @@ impl PacketSock {
         );
     }
 
+    /// Sends one frame out of the interface and returns the error instead
+    /// of failing, for senders that keep going when the device drops.
+    pub fn try_send(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        let sll = sockaddr_ll(self.ifindex);
+        // SAFETY: the buffer and address are valid for the call; the fd is
+        // owned by `self`.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     /// Receives the next frame that arrived on the interface (not one it
     /// sent) and satisfies `want`, waiting at most `timeout`.
     pub fn recv_matching(

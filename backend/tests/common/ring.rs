@@ -124,6 +124,39 @@ impl Ring {
         self.kick.write(1).unwrap();
     }
 
+    /// The avail index published so far.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// The device's `avail_event` (EVENT_IDX): it wants a kick once the
+    /// avail index moves past it.
+    pub fn avail_event(&self) -> u16 {
+        fence(Ordering::SeqCst);
+        let at = self.used.unchecked_add(4 + 8 * u64::from(self.size));
+        u16::from_le(self.mem.read_obj(at).unwrap())
+    }
+
+    /// Kicks only if the device asked for a kick at an avail index in
+    /// `old..` the current one, as a virtio driver does with EVENT_IDX
+    /// (`vring_need_event`). Returns whether it kicked. Only meaningful with
+    /// EVENT_IDX negotiated.
+    pub fn kick_if_needed(&self, old: u16) -> bool {
+        let new = self.avail_idx;
+        let event = self.avail_event();
+        let needed = new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old);
+        if needed {
+            self.kick();
+        }
+        needed
+    }
+
+    /// Asks the device for a call on its next used element (EVENT_IDX);
+    /// check the used ring again afterwards, then wait for the call.
+    pub fn request_call(&self) {
+        self.arm_used_event();
+    }
+
     /// The device's used index as it is in memory now.
     pub fn used_idx(&self) -> u16 {
         fence(Ordering::Acquire);

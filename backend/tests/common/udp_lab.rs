@@ -1,0 +1,94 @@
+//! Namespaces for the UDP attachment: zcnet in one, its datagrams going
+//! either out of an `ifb` device (which frees every skb without local
+//! delivery, so lent pages really reach a "wire" uncopied) or over a veth
+//! into a second namespace where a test socket receives them.
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use super::daemon::Daemon;
+use super::netns::NetNs;
+
+pub const LOCAL: &str = "10.9.0.1:7000";
+pub const REMOTE: &str = "10.9.0.2:7000";
+
+pub struct UdpLab {
+    pub daemon: Daemon,
+    /// The receiving namespace (veth topologies only).
+    pub peer: Option<NetNs>,
+    pub ns: NetNs,
+}
+
+/// Where zcnet's datagrams go.
+pub enum Path {
+    /// Out of an ifb device with MTU 65535: freed, never delivered.
+    Ifb,
+    /// Over a veth (MTU 65535) into a namespace that receives them.
+    Veth,
+}
+
+impl UdpLab {
+    pub fn new(path: Path, extra: &[&str]) -> UdpLab {
+        let ns = NetNs::new();
+        let peer = match path {
+            Path::Ifb => {
+                ns.ip(&["link", "add", "ifb0", "type", "ifb"]);
+                ns.ip(&["link", "set", "ifb0", "mtu", "65535", "up"]);
+                ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "ifb0"]);
+                None
+            }
+            Path::Veth => {
+                let peer = NetNs::new();
+                ns.ip(&[
+                    "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &peer.name,
+                ]);
+                ns.ip(&["link", "set", "va", "mtu", "65535", "up"]);
+                ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "va"]);
+                peer.ip(&["link", "set", "vb", "mtu", "65535", "up"]);
+                peer.ip(&["addr", "add", "10.9.0.2/24", "dev", "vb"]);
+                Some(peer)
+            }
+        };
+        let udp = format!("{LOCAL},{REMOTE}");
+        let mut args = vec!["--udp", udp.as_str()];
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start_args(&ns, &args);
+        UdpLab { daemon, peer, ns }
+    }
+
+    /// A socket in the peer namespace bound to the remote address, with a
+    /// receive buffer large enough that nothing the tests send overflows.
+    pub fn receiver(&self) -> UdpSocket {
+        let peer = self.peer.as_ref().expect("a veth lab");
+        peer.enter(|| {
+            let s = UdpSocket::bind(REMOTE).expect("bind the receiver");
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBufForce, &(64 << 20))
+                .expect("SO_RCVBUFFORCE");
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s
+        })
+    }
+
+    /// Runs `tc args...` in zcnet's namespace.
+    pub fn tc(&self, args: &[&str]) {
+        let mut v = vec!["tc"];
+        v.extend_from_slice(args);
+        self.ns.exec(&v);
+    }
+
+    /// Waits (bounded) until a queue-0 counter reaches `value`.
+    pub fn wait_metric(&self, metric: &str, value: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = Daemon::scrape(&self.ns);
+            if Daemon::metric(&m, metric, 0) >= value {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{metric} never reached {value}:\n{m}"
+            );
+            std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
+        }
+    }
+}
