@@ -362,3 +362,37 @@ fn randomized_run_loses_duplicates_and_returns_early_nothing() {
         metric(&m, "zcnet_tx_lent_chains_max")
     );
 }
+
+#[test]
+fn datagrams_from_the_peer_land_in_guest_buffers_with_a_plain_header() {
+    let lab = UdpLab::new(Path::Veth, &[]);
+    let peer = lab.receiver();
+    let mut g = connect(&lab);
+    let bufs = g.post_rx(0, 4, 2048);
+    let sent = [frame(60, 1), frame(1514, 2)];
+    for f in &sent {
+        peer.send_to(f, common::udp_lab::LOCAL)
+            .expect("send to zcnet");
+    }
+    let used = g.wait_rx_used(0, 2);
+    for (u, f) in used.iter().zip(&sent) {
+        let addr = bufs
+            .iter()
+            .find(|(h, _)| *h == u.id)
+            .expect("a posted buffer")
+            .1;
+        assert_eq!(u.len as usize, HDR_LEN + f.len(), "used length");
+        let got = g.read(addr, HDR_LEN + f.len());
+        let mut hdr = [0u8; HDR_LEN];
+        hdr[10] = 1; // num_buffers
+        assert_eq!(
+            &got[..HDR_LEN],
+            &hdr,
+            "a raw peer's frame gets a plain header"
+        );
+        assert_eq!(&got[HDR_LEN..], &f[..], "frame altered");
+    }
+    let m = Daemon::scrape(&lab.ns);
+    assert_eq!(metric(&m, "zcnet_rx_frames_total"), 2);
+    assert_eq!(metric(&m, "zcnet_rx_bytes_total"), (60 + 1514) as u64);
+}
