@@ -39,6 +39,9 @@ fn zcnet_guest(name: &str, daemon: &Daemon, cpus: usize, queues: usize, mode: &s
             queues,
             reconnect: mode == "reconnect",
         },
+        ip: VmSpec::IP,
+        server: VmSpec::SERVER,
+        mac: VmSpec::MAC,
     })
 }
 
@@ -112,6 +115,9 @@ fn single_queue_iperf3_both_ways_with_offloads_and_qemu_tap_comparison() {
             ns: &lab.ns,
             tap: TAP,
         },
+        ip: VmSpec::IP,
+        server: VmSpec::SERVER,
+        mac: VmSpec::MAC,
     });
     let console = vm.wait_done(BOOT_AND_RUN);
     let qtx = iperf(&console, "tx");

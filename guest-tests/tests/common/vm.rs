@@ -28,6 +28,13 @@ pub enum Nic<'a> {
     },
     /// QEMU's own `-netdev tap` on a tap inside `ns` (QEMU runs in `ns`).
     QemuTap { ns: &'a NetNs, tap: &'a str },
+    /// QEMU's own `-netdev dgram`: raw frames in UDP datagrams between
+    /// `local` and `remote` (IP:PORT), QEMU running in `ns`.
+    Dgram {
+        ns: &'a NetNs,
+        local: (&'a str, u16),
+        remote: (&'a str, u16),
+    },
 }
 
 pub struct VmSpec<'a> {
@@ -37,6 +44,18 @@ pub struct VmSpec<'a> {
     pub mode: &'a str,
     pub iperf_seconds: u32,
     pub nic: Nic<'a>,
+    /// The guest's address (`zc.ip`), its iperf3/ping peer (`zc.server`)
+    /// and its MAC.
+    pub ip: &'a str,
+    pub server: &'a str,
+    pub mac: &'a str,
+}
+
+impl VmSpec<'_> {
+    /// The usual guest: 10.77.0.2 talking to the host at 10.77.0.1.
+    pub const IP: &'static str = GUEST_IP;
+    pub const SERVER: &'static str = HOST_IP;
+    pub const MAC: &'static str = GUEST_MAC;
 }
 
 #[derive(Default)]
@@ -60,11 +79,12 @@ impl Vm {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr = dir.path().join("qemu.stderr");
         let append = format!(
-            "console=ttyS0 quiet panic=-1 zc.mode={} zc.ip={GUEST_IP} zc.server={HOST_IP} zc.time={}",
-            spec.mode, spec.iperf_seconds
+            "console=ttyS0 quiet panic=-1 zc.mode={} zc.ip={} zc.server={} zc.time={}",
+            spec.mode, spec.ip, spec.server, spec.iperf_seconds
         );
+        let mac = spec.mac;
         let mut cmd = match spec.nic {
-            Nic::QemuTap { ns, .. } => ns.command("qemu-system-x86_64"),
+            Nic::QemuTap { ns, .. } | Nic::Dgram { ns, .. } => ns.command("qemu-system-x86_64"),
             Nic::VhostUser { .. } => Command::new("qemu-system-x86_64"),
         };
         cmd.args(["-accel", "tcg", "-m", "512", "-smp"])
@@ -99,14 +119,23 @@ impl Vm {
                     String::new()
                 };
                 cmd.arg("-device")
-                    .arg(format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}{mq}"));
+                    .arg(format!("virtio-net-pci,netdev=n0,mac={mac}{mq}"));
             }
             Nic::QemuTap { tap, .. } => {
                 cmd.arg("-netdev").arg(format!(
                     "tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off"
                 ));
                 cmd.arg("-device")
-                    .arg(format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}"));
+                    .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"));
+            }
+            Nic::Dgram { local, remote, .. } => {
+                cmd.arg("-netdev").arg(format!(
+                    "dgram,id=n0,local.type=inet,local.host={},local.port={},\
+                     remote.type=inet,remote.host={},remote.port={}",
+                    local.0, local.1, remote.0, remote.1
+                ));
+                cmd.arg("-device")
+                    .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"));
             }
         }
         let mut child = cmd
