@@ -17,26 +17,37 @@ pub const MAX_QUEUE_PAIRS: usize = 32;
 /// zcnet: a vhost-user virtio-net backend for QEMU and cloud-hypervisor.
 #[derive(Debug, Parser)]
 #[command(name = "zcnet", version, about)]
+#[command(group = clap::ArgGroup::new("attachment").required(true).multiple(false))]
 pub struct Args {
     /// Path of the vhost-user Unix socket to listen on.
     #[arg(long, value_name = "PATH")]
     pub socket_path: PathBuf,
     /// Tap device to attach to: opened if it exists (make it with `ip tuntap
     /// add dev NAME mode tap multi_queue vnet_hdr`), otherwise created.
-    #[arg(
-        long,
-        value_name = "NAME",
-        required_unless_present = "udp",
-        conflicts_with = "udp"
-    )]
+    #[arg(long, value_name = "NAME", group = "attachment")]
     pub tap: Option<String>,
     /// Instead of a tap: one Ethernet frame per UDP datagram between
     /// LOCAL_IP:PORT and REMOTE_IP:PORT (QEMU's `-netdev dgram` speaks
     /// this). TX frames are lent to the kernel with MSG_ZEROCOPY.
-    #[arg(long, value_name = "LOCAL_IP:PORT,REMOTE_IP:PORT")]
+    #[arg(
+        long,
+        value_name = "LOCAL_IP:PORT,REMOTE_IP:PORT",
+        group = "attachment"
+    )]
     pub udp: Option<String>,
+    /// Instead of a tap: connect to a TCP peer and carry each frame after
+    /// its 4-byte big-endian length (QEMU's `-netdev stream` speaks this);
+    /// reconnect with backoff whenever the peer goes away. TX frames are
+    /// lent to the kernel with MSG_ZEROCOPY.
+    #[arg(long, value_name = "IP:PORT", group = "attachment")]
+    pub stream_connect: Option<String>,
+    /// Like --stream-connect, but listen on IP:PORT and serve one peer at
+    /// a time.
+    #[arg(long, value_name = "IP:PORT", group = "attachment")]
+    pub stream_listen: Option<String>,
     /// The peer is another zcnet: carry the virtio-net header before each
-    /// frame, so checksum offload survives end to end.
+    /// frame, so checksum offload (and, over a TCP stream, TSO) survives
+    /// end to end.
     #[arg(long)]
     pub vnet_hdr_peer: bool,
     /// Lend TX pages to the kernel on socket attachments: `auto` backs off
@@ -76,6 +87,16 @@ pub enum AttachmentConfig {
         remote: SocketAddr,
         peer_hdr: bool,
     },
+    /// `--stream-connect`.
+    StreamConnect {
+        remote: SocketAddr,
+        peer_hdr: bool,
+    },
+    /// `--stream-listen`.
+    StreamListen {
+        local: SocketAddr,
+        peer_hdr: bool,
+    },
 }
 
 /// A configuration zcnet can run with.
@@ -110,12 +131,19 @@ pub enum ConfigError {
     TapName(String),
     #[error("--udp {0:?}: use LOCAL_IP:PORT,REMOTE_IP:PORT, e.g. 10.0.0.1:7000,10.0.0.2:7000")]
     Udp(String),
+    #[error("{flag} {value:?}: use IP:PORT with a port from 1 to 65535, e.g. {example}")]
+    Stream {
+        flag: &'static str,
+        value: String,
+        example: &'static str,
+    },
     #[error(
-        "--vnet-hdr-peer applies to a socket attachment (--udp); a tap always carries the header"
+        "--vnet-hdr-peer applies to a socket attachment (--udp, --stream-connect, \
+         --stream-listen); a tap always carries the header"
     )]
     VnetHdrPeer,
-    #[error("--udp carries one queue pair: drop --queue-pairs {0}")]
-    UdpQueuePairs(usize),
+    #[error("{0} carries one queue pair: drop --queue-pairs {1}")]
+    OneQueuePair(&'static str, usize),
     #[error("--socket-path {0:?}: the directory {1:?} does not exist")]
     SocketDir(PathBuf, PathBuf),
 }
@@ -130,34 +158,58 @@ impl TryFrom<Args> for Config {
         if !(2..=32768).contains(&a.queue_size) || !a.queue_size.is_power_of_two() {
             return Err(ConfigError::QueueSize(a.queue_size));
         }
-        let attachment = match (a.tap, a.udp) {
-            (Some(_), _) if a.vnet_hdr_peer => return Err(ConfigError::VnetHdrPeer),
-            (Some(tap), _) => {
-                if tap.is_empty() || tap.len() > 15 || tap.contains(['/', ' ', '\0']) {
-                    return Err(ConfigError::TapName(tap));
-                }
-                AttachmentConfig::Tap(tap)
+        let one_pair = |flag| {
+            if a.queue_pairs == 1 {
+                Ok(())
+            } else {
+                Err(ConfigError::OneQueuePair(flag, a.queue_pairs))
             }
-            (None, Some(udp)) => {
-                let bad = || ConfigError::Udp(udp.clone());
-                let (l, r) = udp.split_once(',').ok_or_else(bad)?;
-                let local: SocketAddr = l.trim().parse().map_err(|_| bad())?;
-                let remote: SocketAddr = r.trim().parse().map_err(|_| bad())?;
-                if a.queue_pairs != 1 {
-                    return Err(ConfigError::UdpQueuePairs(a.queue_pairs));
-                }
-                AttachmentConfig::Udp {
-                    local,
-                    remote,
-                    peer_hdr: a.vnet_hdr_peer,
-                }
+        };
+        let peer_hdr = a.vnet_hdr_peer;
+        let attachment = if let Some(tap) = a.tap {
+            if peer_hdr {
+                return Err(ConfigError::VnetHdrPeer);
             }
-            // clap requires one of the two.
-            (None, None) => return Err(ConfigError::TapName(String::new())),
+            if tap.is_empty() || tap.len() > 15 || tap.contains(['/', ' ', '\0']) {
+                return Err(ConfigError::TapName(tap));
+            }
+            AttachmentConfig::Tap(tap)
+        } else if let Some(udp) = a.udp {
+            let bad = || ConfigError::Udp(udp.clone());
+            let (l, r) = udp.split_once(',').ok_or_else(bad)?;
+            let local: SocketAddr = l.trim().parse().map_err(|_| bad())?;
+            let remote: SocketAddr = r.trim().parse().map_err(|_| bad())?;
+            one_pair("--udp")?;
+            AttachmentConfig::Udp {
+                local,
+                remote,
+                peer_hdr,
+            }
+        } else if let Some(s) = a.stream_connect {
+            let remote = stream_addr("--stream-connect", &s, "10.0.0.2:7000")?;
+            if remote.ip().is_unspecified() {
+                return Err(ConfigError::Stream {
+                    flag: "--stream-connect",
+                    value: s,
+                    example: "10.0.0.2:7000 (the peer's address, not 0.0.0.0)",
+                });
+            }
+            one_pair("--stream-connect")?;
+            AttachmentConfig::StreamConnect { remote, peer_hdr }
+        } else if let Some(s) = a.stream_listen {
+            let local = stream_addr("--stream-listen", &s, "0.0.0.0:7000")?;
+            one_pair("--stream-listen")?;
+            AttachmentConfig::StreamListen { local, peer_hdr }
+        } else {
+            // clap requires one of them.
+            return Err(ConfigError::TapName(String::new()));
         };
         let name = match &attachment {
             AttachmentConfig::Tap(t) => t.clone(),
             AttachmentConfig::Udp { local, .. } => local.to_string(),
+            // Two zcnets joined by one stream get different MACs.
+            AttachmentConfig::StreamConnect { remote, .. } => format!("connect {remote}"),
+            AttachmentConfig::StreamListen { local, .. } => format!("listen {local}"),
         };
         let mtu = match a.mtu {
             Some(m) if !(68..=65535).contains(&m) => return Err(ConfigError::Mtu(m)),
@@ -187,6 +239,22 @@ impl TryFrom<Args> for Config {
             mtu,
             metrics: a.metrics,
         })
+    }
+}
+
+/// A stream attachment's IP:PORT (no host names: zcnet resolves nothing).
+fn stream_addr(
+    flag: &'static str,
+    s: &str,
+    example: &'static str,
+) -> Result<SocketAddr, ConfigError> {
+    match s.trim().parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(addr),
+        _ => Err(ConfigError::Stream {
+            flag,
+            value: s.to_owned(),
+            example,
+        }),
     }
 }
 
@@ -316,5 +384,76 @@ mod tests {
                 .unwrap_err()
                 .contains("auto")
         );
+    }
+
+    fn parse(argv: &[&str]) -> Result<Config, String> {
+        let mut v = vec!["zcnet", "--socket-path", "/tmp/zc.sock"];
+        v.extend_from_slice(argv);
+        Args::try_parse_from(v)
+            .map_err(|e| e.to_string())
+            .and_then(|a| Config::try_from(a).map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn stream_attachments_and_their_mistakes() {
+        let c = parse(&["--stream-connect", "10.0.0.2:7000"]).unwrap();
+        assert_eq!(
+            c.attachment,
+            AttachmentConfig::StreamConnect {
+                remote: "10.0.0.2:7000".parse().unwrap(),
+                peer_hdr: false
+            }
+        );
+        let l = parse(&["--stream-listen", "[::]:7000", "--vnet-hdr-peer"]).unwrap();
+        assert_eq!(
+            l.attachment,
+            AttachmentConfig::StreamListen {
+                local: "[::]:7000".parse().unwrap(),
+                peer_hdr: true
+            }
+        );
+        assert_ne!(
+            parse(&["--stream-connect", "10.0.0.1:7000"]).unwrap().mac,
+            parse(&["--stream-listen", "10.0.0.1:7000"]).unwrap().mac,
+            "the two ends of one stream need different MACs"
+        );
+        for (argv, want) in [
+            (&["--stream-connect", "peer:7000"][..], "use IP:PORT"),
+            (&["--stream-connect", "10.0.0.2"], "use IP:PORT"),
+            (&["--stream-connect", "10.0.0.2:0"], "port from 1 to 65535"),
+            (&["--stream-connect", "0.0.0.0:7000"], "not 0.0.0.0"),
+            (&["--stream-listen", "10.0.0.1:0"], "--stream-listen"),
+            (
+                &["--stream-listen", "10.0.0.1:7000", "--queue-pairs", "2"],
+                "--stream-listen carries one queue pair",
+            ),
+            (
+                &[
+                    "--stream-connect",
+                    "10.0.0.2:7000",
+                    "--stream-listen",
+                    "10.0.0.1:7000",
+                ],
+                "cannot be used with",
+            ),
+            (
+                &["--stream-connect", "10.0.0.2:7000", "--tap", "t0"],
+                "cannot be used with",
+            ),
+            (
+                &[
+                    "--stream-listen",
+                    "10.0.0.1:7000",
+                    "--udp",
+                    "10.0.0.1:1,10.0.0.2:2",
+                ],
+                "cannot be used with",
+            ),
+            (&["--tap", "t0", "--vnet-hdr-peer"], "--stream-connect"),
+            (&[], "--stream-listen"),
+        ] {
+            let err = parse(argv).unwrap_err();
+            assert!(err.contains(want), "{argv:?}: {err:?} lacks {want:?}");
+        }
     }
 }

@@ -13,7 +13,10 @@ use thiserror::Error;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use zcnet_tap::{Attachment, Tap, TapError, UdpAttachment, UdpError};
+use zcnet_tap::{
+    Attachment, StreamAttachment, StreamEndpoint, StreamError, Tap, TapError, UdpAttachment,
+    UdpError,
+};
 
 use crate::cli::{AttachmentConfig, Config};
 use crate::control::{self, ControlError};
@@ -30,6 +33,8 @@ pub enum DaemonError {
     Tap(#[from] TapError),
     #[error("cannot open the UDP attachment")]
     Udp(#[from] UdpError),
+    #[error("cannot open the TCP stream attachment")]
+    Stream(#[from] StreamError),
     #[error(transparent)]
     Metrics(#[from] ServeError),
     #[error("cannot listen on {path}")]
@@ -131,7 +136,37 @@ fn open_attachments(config: &Config) -> Result<Vec<Arc<dyn Attachment>>, DaemonE
             );
             Ok(vec![Arc::new(udp)])
         }
+        AttachmentConfig::StreamConnect { remote, peer_hdr } => {
+            open_stream(config, StreamEndpoint::Connect(*remote), *peer_hdr)
+        }
+        AttachmentConfig::StreamListen { local, peer_hdr } => {
+            open_stream(config, StreamEndpoint::Listen(*local), *peer_hdr)
+        }
     }
+}
+
+fn open_stream(
+    config: &Config,
+    endpoint: StreamEndpoint,
+    peer_hdr: bool,
+) -> Result<Vec<Arc<dyn Attachment>>, DaemonError> {
+    let zc = config.zerocopy != ZeroCopyMode::Off;
+    let stream = StreamAttachment::open(endpoint, peer_hdr, zc)?;
+    let (how, addr) = match endpoint {
+        StreamEndpoint::Connect(a) => ("connecting to", a),
+        StreamEndpoint::Listen(a) => ("listening on", a),
+    };
+    info!(
+        "TCP stream attachment {how} {addr} ({}; zero-copy {:?}, frames from {} bytes lent)",
+        if peer_hdr {
+            "virtio-net header on the wire, checksum and TSO offloads"
+        } else {
+            "raw frames, no offloads"
+        },
+        config.zerocopy,
+        config.zerocopy_min_bytes
+    );
+    Ok(vec![Arc::new(stream)])
 }
 
 /// Accepts one frontend and serves it until it disconnects.

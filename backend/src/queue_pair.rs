@@ -10,11 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use zcnet_tap::Attachment;
+use zcnet_tap::{Attachment, Readiness};
 
 use crate::datapath::{Ctx, Vring};
 use crate::features::Negotiated;
@@ -174,13 +173,20 @@ impl QueuePair {
                 run_rx = true;
             }
             PairEvent::Attachment(evset) => {
-                if evset.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) {
+                // Zero-copy notifications raise EPOLLERR. An attachment
+                // whose fd stands for others (an epoll set) says itself
+                // what became possible.
+                let ready = self.attachment.ready(Readiness {
+                    readable: evset.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP),
+                    writable: evset.contains(EventSet::OUT),
+                    notified: evset.contains(EventSet::ERROR),
+                });
+                if ready.readable {
                     st.rx.readable = true;
                     run_rx = true;
                 }
-                run_tx = evset.contains(EventSet::OUT) && st.tx.blocked;
-                // Zero-copy notifications raise EPOLLERR.
-                reap = evset.contains(EventSet::ERROR);
+                run_tx = ready.writable && st.tx.blocked;
+                reap = ready.notified;
             }
         }
         if reap && !run_tx {
@@ -247,13 +253,7 @@ impl QueuePair {
                 if st.tx.lending.lent() == 0 || now >= deadline {
                     break;
                 }
-                // Notifications raise POLLERR, which poll always reports.
-                let mut pfd = [PollFd::new(self.attachment.fd(), PollFlags::empty())];
-                let wait = (deadline - now).as_millis().min(i32::MAX as u128) as i32;
-                let _ = poll(
-                    &mut pfd,
-                    PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
-                );
+                self.attachment.wait_notifications(deadline - now);
             }
             if used {
                 let _ = vs.signal_used_queue();

@@ -1,7 +1,8 @@
 //! The interface between a queue pair and the host side it carries frames to.
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
 
 use crate::Offloads;
 
@@ -36,10 +37,24 @@ pub struct Completion {
     pub copied: bool,
 }
 
+/// What the datapath should do after the attachment's fd woke the worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Frames may be waiting: RX reads until `WouldBlock`.
+    pub readable: bool,
+    /// A TX queue blocked on `WouldBlock` may go on.
+    pub writable: bool,
+    /// Zero-copy notifications (or completions of any kind) may be
+    /// waiting: reap them.
+    pub notified: bool,
+}
+
 /// A host attachment: where guest TX frames go and guest RX frames come from.
 ///
-/// Each queue pair owns one attachment. An attachment never allocates or
-/// copies in user space: it is handed iovecs that point into guest memory.
+/// Each queue pair owns one attachment. It is handed iovecs that point
+/// into guest memory, and copies no frame in user space, with one
+/// exception: the TCP stream's RX, which must find record boundaries in a
+/// byte stream (see `stream`).
 pub trait Attachment: Send + Sync {
     /// The fd the queue pair's worker polls for readiness.
     fn fd(&self) -> BorrowedFd<'_>;
@@ -60,6 +75,34 @@ pub trait Attachment: Send + Sync {
     /// blocks).
     fn reap(&self, _out: &mut Vec<Completion>) -> io::Result<()> {
         Ok(())
+    }
+
+    /// Called each time [`fd`](Self::fd) woke the worker, with what epoll
+    /// reported for it; returns what the datapath should act on.
+    ///
+    /// An attachment whose fd is the very socket or tap it moves frames
+    /// through returns `polled` unchanged (the default). One whose fd only
+    /// stands for other fds (the TCP stream attachment's epoll set, which
+    /// reports nothing but "readable") does its own housekeeping here and
+    /// says what may have become possible.
+    fn ready(&self, polled: Readiness) -> Readiness {
+        polled
+    }
+
+    /// Blocks at most `timeout`, returning early when zero-copy
+    /// notifications may be waiting (used while a stopping queue drains
+    /// its lent chains).
+    fn wait_notifications(&self, timeout: Duration) {
+        // Notifications raise POLLERR, which poll reports unasked.
+        let mut pfd = libc::pollfd {
+            fd: self.fd().as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one pollfd on our stack, count 1; the fd is borrowed
+        // from `self`, so it stays open for the call.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
     }
 
     /// The offloads this attachment can carry in both directions.

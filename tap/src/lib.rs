@@ -8,11 +8,13 @@
 
 pub mod attachment;
 pub mod offload;
+pub mod stream;
 pub mod tap;
 pub mod udp;
 pub mod zerocopy;
 
-pub use attachment::{Attachment, Completion, SendMode, Sent};
+pub use attachment::{Attachment, Completion, Readiness, SendMode, Sent};
 pub use offload::Offloads;
+pub use stream::{StreamAttachment, StreamEndpoint, StreamError};
 pub use tap::{Tap, TapError};
 pub use udp::{UdpAttachment, UdpError};

@@ -50,14 +50,26 @@ pub fn enable(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// notification for this send arrives: the kernel pins the pages, but the
 /// caller must not hand them back to their owner before then.
 pub unsafe fn send(fd: BorrowedFd<'_>, iov: &[libc::iovec], lend: bool) -> io::Result<usize> {
+    let flags = if lend { libc::MSG_ZEROCOPY } else { 0 };
+    // SAFETY: `send_flags` asks what `send` does (mapped iovecs, kept
+    // until the notification when lent), which our caller guarantees.
+    unsafe { send_flags(fd, iov, flags) }
+}
+
+/// [`send`] with extra `sendmsg` flags (`MSG_ZEROCOPY`, `MSG_MORE`).
+///
+/// # Safety
+/// As for [`send`]; with `MSG_ZEROCOPY` in `flags` the memory is lent.
+pub unsafe fn send_flags(
+    fd: BorrowedFd<'_>,
+    iov: &[libc::iovec],
+    flags: libc::c_int,
+) -> io::Result<usize> {
     // SAFETY: an all-zero msghdr is a valid empty message.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len();
-    let mut flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-    if lend {
-        flags |= libc::MSG_ZEROCOPY;
-    }
+    let flags = flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
     // SAFETY: `fd` is a socket borrowed for this call; `msg` points at
     // `iov`, which the caller guarantees describes mapped memory; sendmsg
     // only reads it (and, with MSG_ZEROCOPY, pins its pages).

@@ -11,6 +11,7 @@ use super::netns::NetNs;
 const ETH_P_ALL: u16 = 0x0003;
 const PACKET_OUTGOING: u8 = 4;
 const PACKET_VNET_HDR: libc::c_int = 15;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
 /// A local experimental ethertype that nothing else on the tap sends.
 pub const TEST_ETHERTYPE: u16 = 0x88b5;
 /// The legacy virtio-net header packet sockets use.
@@ -94,6 +95,29 @@ impl PacketSock {
             n,
             bytes.len() as isize,
             "AF_PACKET send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Sends frames straight to the device, past its qdisc
+    /// (`PACKET_QDISC_BYPASS`), as packet generators do.
+    pub fn bypass_qdisc(&self) {
+        let one: libc::c_int = 1;
+        // SAFETY: PACKET_QDISC_BYPASS takes an int; the pointer and size
+        // describe `one`, a live local; the fd is owned by `self`.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_QDISC_BYPASS,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "PACKET_QDISC_BYPASS: {}",
             std::io::Error::last_os_error()
         );
     }

@@ -7,6 +7,7 @@ pub mod frames;
 pub mod guest;
 pub mod netns;
 pub mod ring;
+pub mod stream_lab;
 pub mod udp_lab;
 
 use daemon::Daemon;

@@ -1,0 +1,171 @@
+//! Namespaces for the TCP stream attachment: zcnet in one, joined by a
+//! veth (MTU 65535) to a second where the test's plain TCP peer (or a
+//! second zcnet) runs; nftables in the peer namespace can drop everything
+//! that arrives there, so TCP keeps lent pages until it is let through.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::daemon::Daemon;
+use super::netns::NetNs;
+
+/// zcnet's side of the veth.
+pub const ZCNET_ADDR: &str = "10.9.0.1:7000";
+/// The peer's side.
+pub const PEER_ADDR: &str = "10.9.0.2:7000";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Which end of the connection zcnet is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `--stream-connect PEER_ADDR`: the test listens.
+    Connect,
+    /// `--stream-listen ZCNET_ADDR`: the test connects.
+    Listen,
+}
+
+pub struct StreamLab {
+    pub daemon: Daemon,
+    pub ns: NetNs,
+    pub peer: NetNs,
+}
+
+/// Two namespaces joined by a veth: `a` gets 10.9.0.1 on `va`, `b`
+/// gets 10.9.0.2 on `vb`.
+pub fn veth_pair() -> (NetNs, NetNs) {
+    let a = NetNs::new();
+    let b = NetNs::new();
+    a.ip(&[
+        "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b.name,
+    ]);
+    a.ip(&["link", "set", "va", "mtu", "65535", "up"]);
+    a.ip(&["addr", "add", "10.9.0.1/24", "dev", "va"]);
+    b.ip(&["link", "set", "vb", "mtu", "65535", "up"]);
+    b.ip(&["addr", "add", "10.9.0.2/24", "dev", "vb"]);
+    (a, b)
+}
+
+impl StreamLab {
+    /// Starts zcnet as `role` with `extra` arguments. For `Role::Connect`
+    /// the returned listener is already listening on `PEER_ADDR`, so the
+    /// first attempt connects.
+    pub fn new(role: Role, extra: &[&str]) -> (StreamLab, Option<TcpListener>) {
+        let (ns, peer) = veth_pair();
+        let listener = (role == Role::Connect).then(|| listen(&peer, PEER_ADDR));
+        let mut args = match role {
+            Role::Connect => vec!["--stream-connect", PEER_ADDR],
+            Role::Listen => vec!["--stream-listen", ZCNET_ADDR],
+        };
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start_args(&ns, &args);
+        (StreamLab { daemon, ns, peer }, listener)
+    }
+
+    /// Connects from the peer namespace to zcnet's listener.
+    pub fn connect(&self) -> TcpStream {
+        self.peer.enter(|| {
+            let s = TcpStream::connect_timeout(&ZCNET_ADDR.parse().unwrap(), WAIT)
+                .expect("connect to zcnet");
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            s
+        })
+    }
+
+    /// Drops every packet that arrives in the peer namespace.
+    pub fn drop_peer_ingress(&self) {
+        self.peer
+            .exec(&["nft", "add", "table", "inet", "zcnet_test"]);
+        self.peer.exec(&[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "zcnet_test",
+            "in",
+            "{ type filter hook input priority 0; policy drop; }",
+        ]);
+    }
+
+    /// Lets packets into the peer namespace again.
+    pub fn accept_peer_ingress(&self) {
+        self.peer
+            .exec(&["nft", "delete", "table", "inet", "zcnet_test"]);
+    }
+
+    /// Waits (bounded) until a queue-0 counter reaches `value`.
+    pub fn wait_metric(&self, metric: &str, value: u64) -> String {
+        wait_metric(&self.ns, metric, value)
+    }
+}
+
+/// A listener in `ns` on `addr`.
+pub fn listen(ns: &NetNs, addr: &'static str) -> TcpListener {
+    ns.enter(move || TcpListener::bind(addr).expect("bind the peer's listener"))
+}
+
+/// Accepts one connection within `WAIT`.
+pub fn accept(listener: &TcpListener) -> TcpStream {
+    let mut pfd = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let ms = WAIT.as_millis() as i32;
+    let ready = poll(&mut pfd, PollTimeout::try_from(ms).unwrap()).expect("poll the listener");
+    assert_eq!(ready, 1, "zcnet did not connect within {WAIT:?}");
+    let (s, _) = listener.accept().expect("accept zcnet");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// Reads one record (length, then that many bytes).
+pub fn read_record(s: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("a record's length");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).expect("a record's body");
+    body
+}
+
+/// Writes one record.
+pub fn write_record(s: &mut TcpStream, body: &[u8]) {
+    let mut r = (body.len() as u32).to_be_bytes().to_vec();
+    r.extend_from_slice(body);
+    s.write_all(&r).expect("write a record");
+}
+
+/// Closes `s` with a reset (SO_LINGER 0), as a crashed peer would.
+pub fn reset(s: TcpStream) {
+    nix::sys::socket::setsockopt(
+        &s,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .expect("SO_LINGER");
+    drop(s);
+}
+
+/// Waits (bounded) until a queue-0 counter of the zcnet in `ns` reaches
+/// `value`.
+pub fn wait_metric(ns: &NetNs, metric: &str, value: u64) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = Daemon::scrape(ns);
+        if Daemon::metric(&m, metric, 0) >= value {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{metric} never reached {value}:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
+    }
+}
+
+/// A socket address constant as a `SocketAddr`.
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
