@@ -35,6 +35,12 @@ pub enum Nic<'a> {
         local: (&'a str, u16),
         remote: (&'a str, u16),
     },
+    /// QEMU's own `-netdev stream` as a client of `connect` (IP, port):
+    /// length-prefixed frames over TCP, QEMU running in `ns`.
+    Stream {
+        ns: &'a NetNs,
+        connect: (&'a str, u16),
+    },
 }
 
 pub struct VmSpec<'a> {
@@ -84,7 +90,9 @@ impl Vm {
         );
         let mac = spec.mac;
         let mut cmd = match spec.nic {
-            Nic::QemuTap { ns, .. } | Nic::Dgram { ns, .. } => ns.command("qemu-system-x86_64"),
+            Nic::QemuTap { ns, .. } | Nic::Dgram { ns, .. } | Nic::Stream { ns, .. } => {
+                ns.command("qemu-system-x86_64")
+            }
             Nic::VhostUser { .. } => Command::new("qemu-system-x86_64"),
         };
         cmd.args(["-accel", "tcg", "-m", "512", "-smp"])
@@ -124,6 +132,14 @@ impl Vm {
             Nic::QemuTap { tap, .. } => {
                 cmd.arg("-netdev").arg(format!(
                     "tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off"
+                ));
+                cmd.arg("-device")
+                    .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"));
+            }
+            Nic::Stream { connect, .. } => {
+                cmd.arg("-netdev").arg(format!(
+                    "stream,id=n0,server=off,addr.type=inet,addr.host={},addr.port={}",
+                    connect.0, connect.1
                 ));
                 cmd.arg("-device")
                     .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"));
