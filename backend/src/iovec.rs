@@ -256,6 +256,34 @@ impl GuestIoVecs {
     }
 }
 
+/// The iovecs of one RX read: the guest's buffers, then one overflow
+/// byte owned here. A read that reaches the overflow byte carried a frame
+/// larger than the guest's buffers (tun returns what it copied, not the
+/// frame's length), so the frame can be dropped instead of delivered cut.
+#[derive(Default)]
+pub struct ReadIoVecs {
+    iov: Vec<libc::iovec>,
+    overflow: Box<[u8; 1]>,
+}
+
+// SAFETY: the raw pointers are rebuilt by `with_overflow` for every read
+// and used only during it: the guest ones under the same rules as
+// `GuestIoVecs`, the last one into `overflow`, which this struct owns.
+unsafe impl Send for ReadIoVecs {}
+
+impl ReadIoVecs {
+    /// `guest` followed by the overflow byte.
+    pub fn with_overflow(&mut self, guest: &[libc::iovec]) -> &[libc::iovec] {
+        self.iov.clear();
+        self.iov.extend_from_slice(guest);
+        self.iov.push(libc::iovec {
+            iov_base: self.overflow.as_mut_ptr().cast(),
+            iov_len: 1,
+        });
+        &self.iov
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,9 +7,10 @@
 //! once a GSO offload is on), or every chain the guest has posted if that
 //! is less, reads once with `readv`, returns the chains the frame filled,
 //! keeps the rest for the next frame, and gives the unused ones back to the
-//! avail ring when it stops. A frame larger than every buffer the guest has
-//! posted is dropped and counted (tun reports its full length), never
-//! delivered truncated.
+//! avail ring when it stops. With MRG_RXBUF it waits until the guest has
+//! posted room for the largest frame. A frame larger than what the guest
+//! posted is dropped and counted (an overflow byte after the guest's
+//! buffers shows it), never delivered truncated.
 //!
 //! When the guest has posted no buffers the pair stops reading: the frames
 //! wait in the tap's queue, and the guest's next RX kick resumes reading.
@@ -21,7 +22,7 @@ use virtio_queue::QueueT;
 
 use crate::datapath::{Ctx, QueueError, VState, Vring};
 use crate::features::HDR_LEN_V1;
-use crate::iovec::{Direction, GuestIoVecs, Mem};
+use crate::iovec::{Direction, GuestIoVecs, Mem, ReadIoVecs};
 use crate::tx::MAX_FRAME_LEN;
 
 /// Frames read per event before other work of the pair gets a turn.
@@ -50,6 +51,8 @@ pub struct RxState {
     pub readable: bool,
     /// No guest buffers were available: waiting for an RX kick.
     pub starved: bool,
+    /// The iovecs of one read, with an overflow byte after the guest's.
+    read_iov: ReadIoVecs,
 }
 
 impl RxState {
@@ -134,6 +137,7 @@ fn read_frames(
     for _ in 0..BUDGET {
         // Gather buffers: one chain without MRG_RXBUF, else enough for the
         // largest frame (or every chain the guest has posted).
+        let mut stopped_by_malformed = false;
         while st.chains.is_empty() || (mergeable && st.iov.len() < need) {
             let Some(chain) = vs.get_queue_mut().pop_descriptor_chain(mem) else {
                 break;
@@ -157,11 +161,21 @@ fn read_frames(
                 }
                 Err(_) => {
                     rewind(vs, 1);
+                    stopped_by_malformed = true;
                     break;
                 }
             }
         }
-        if st.chains.is_empty() {
+        // Too little posted for the largest frame: wait for more rather
+        // than risk a frame that does not fit (vhost-net waits too),
+        // unless the guest's whole ring is popped or a malformed chain
+        // stopped the gathering.
+        let short = mergeable
+            && !st.chains.is_empty()
+            && st.iov.len() < need
+            && !stopped_by_malformed
+            && st.chains.len() < usize::from(vs.get_queue().size());
+        if st.chains.is_empty() || short {
             // Ask for a kick while every posted chain is popped, so the
             // avail event lands past them.
             if event_idx && vs.get_queue_mut().enable_notification(mem)? {
@@ -176,11 +190,13 @@ fn read_frames(
         } else {
             &st.iov.as_slice()[..st.chains[0].segments]
         };
-        // SAFETY: every iovec was built by `push_chain` from device-writable
-        // descriptors, bounds-checked against `mem`, which is borrowed for
-        // this whole call so the mapping stays in place. No Rust reference
-        // points into guest memory.
-        let n = match unsafe { ctx.attachment.recv(frame_iov) } {
+        // SAFETY: every iovec but the last was built by `push_chain` from
+        // device-writable descriptors, bounds-checked against `mem`, which
+        // is borrowed for this whole call so the mapping stays in place. No
+        // Rust reference points into guest memory. The last is the overflow
+        // byte `ReadIoVecs` owns, not otherwise borrowed during the call.
+        let read_iov = st.read_iov.with_overflow(frame_iov);
+        let n = match unsafe { ctx.attachment.recv(read_iov) } {
             Ok(n) => n,
             Err(e) => {
                 st.readable = false;
@@ -197,9 +213,10 @@ fn read_frames(
             st.chains[0].capacity
         };
         if n > capacity {
-            // tun reports the frame's full length but copied only what
-            // fit. The guest posted too little for it: drop the frame and
-            // keep the buffers (their contents are not returned).
+            // The frame reached the overflow byte (tun) or the attachment
+            // reported its full length (sockets): it did not fit what the
+            // guest posted. Drop it and keep the buffers (their contents
+            // are not returned).
             ctx.metrics.rx_dropped.inc();
             ctx.host_error(format_args!(
                 "dropped a {n}-byte frame: the guest had posted only {capacity} bytes of RX buffers"

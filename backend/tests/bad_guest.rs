@@ -250,7 +250,8 @@ fn read_only_descriptor_on_rx() {
         write: false,
     }]);
     ring.publish(bad);
-    let good = g.post_rx(0, 1, 2048);
+    // Room for the largest (64 KiB GSO) frame: zcnet waits for that much.
+    let good = g.post_rx(0, 40, 2048);
     let frame = frames::test_frame(100, GOOD_TAG, GUEST_MAC, HOST_MAC);
     host.send(&frame);
 

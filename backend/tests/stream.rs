@@ -482,7 +482,7 @@ fn two_zcnets_carry_a_64k_tso_frame_whole_with_its_header() {
     }
     const BUF: usize = 4096;
     let bufs_b = gb.post_rx(0, 64, BUF);
-    let bufs_a = ga.post_rx(0, 8, BUF);
+    let bufs_a = ga.post_rx(0, 24, BUF);
 
     let (gso, tso) = frames::tcp4_frame(64_000, 1448, 40_000, GUEST_MAC, HOST_MAC);
     let head = ga.queue_tx(0, &frames::v1_hdr(&gso.hdr), &tso, 17);

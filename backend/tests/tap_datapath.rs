@@ -155,6 +155,37 @@ fn rx_gso_frame_spans_mergeable_buffers() {
 }
 
 #[test]
+fn rx_gso_frame_waits_for_room_and_is_never_delivered_cut() {
+    let s = Setup::new(&[]);
+    let host = PacketSock::open(&s.ns, TAP, true);
+    let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
+    const BUF: usize = 4096;
+    // Too little for the frame: zcnet must wait, not deliver 16 KiB of it.
+    let mut bufs = g.post_rx(0, 4, BUF);
+    let (gso, frame) = frames::tcp4_frame(60_000, 1448, 42_000, GUEST_MAC, HOST_MAC);
+    let mut wire = gso.hdr.to_vec();
+    wire.extend_from_slice(&frame);
+    host.send(&wire);
+    bufs.extend(g.post_rx(0, 60, BUF));
+
+    let total = HDR_LEN + frame.len();
+    let expect_bufs = total.div_ceil(BUF);
+    let used = g.wait_rx_used(0, expect_bufs);
+    let first = bufs.iter().find(|(h, _)| *h == used[0].id).unwrap().1;
+    let hdr = g.read(first, HDR_LEN);
+    assert_eq!(
+        u16::from_le_bytes([hdr[10], hdr[11]]) as usize,
+        expect_bufs,
+        "the first frame delivered is the whole GSO frame, not a cut one: {used:?}"
+    );
+    let delivered: usize = used.iter().map(|u| u.len as usize).sum();
+    assert_eq!(delivered, total);
+    let m = Daemon::scrape(&s.ns);
+    assert_eq!(Daemon::metric(&m, "zcnet_rx_frames_total", 0), 1);
+    assert_eq!(Daemon::metric(&m, "zcnet_rx_dropped_total", 0), 0);
+}
+
+#[test]
 fn two_queue_pairs_carry_traffic_at_once() {
     let s = Setup::new(&["--queue-pairs", "2"]);
     let host = PacketSock::open(&s.ns, TAP, true);
