@@ -190,12 +190,12 @@ fn read_frames(
         } else {
             &st.iov.as_slice()[..st.chains[0].segments]
         };
+        let read_iov = st.read_iov.with_overflow(frame_iov);
         // SAFETY: every iovec but the last was built by `push_chain` from
         // device-writable descriptors, bounds-checked against `mem`, which
         // is borrowed for this whole call so the mapping stays in place. No
         // Rust reference points into guest memory. The last is the overflow
         // byte `ReadIoVecs` owns, not otherwise borrowed during the call.
-        let read_iov = st.read_iov.with_overflow(frame_iov);
         let n = match unsafe { ctx.attachment.recv(read_iov) } {
             Ok(n) => n,
             Err(e) => {
