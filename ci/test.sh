@@ -36,6 +36,9 @@ cargo build --workspace --release --all-targets
 step "unit and integration tests (real tap, real vhost-user socket, memfd guest memory)"
 cargo test --workspace --release --exclude guest-tests
 
+step "benchmark command, --quick (shows it runs; timing is never asserted)"
+cargo run --release -p guest-tests --bin zcnet-bench -- --quick
+
 step "guest tests (QEMU TCG guest, -netdev vhost-user on zcnet, iperf3)"
 ZCNET_BIN="$PWD/target/release/zcnet" \
     cargo test --release -p guest-tests -- --nocapture --test-threads=1 2>&1 |

@@ -1,0 +1,298 @@
+//! zcnet-bench: the datapath figures of zcnet against the physical limit of
+//! its tap, on this machine.
+//!
+//! It drives the real `zcnet` binary over its real vhost-user socket with
+//! the backend's fake-guest harness (no VM), on a tap in its own network
+//! namespace, and measures each workload against a raw tap writer (or
+//! reader) in another namespace. Repetitions go round-robin across the
+//! workloads. The Markdown report goes to stdout, every repetition's
+//! numbers to `OUT/bench.json`, the TX chart to `OUT/bench.svg`.
+//!
+//! ```sh
+//! cargo build --release -p zcnet
+//! cargo run --release -p guest-tests --bin zcnet-bench -- [--quick] [--out DIR]
+//! ```
+
+mod chart;
+mod cpu;
+mod crew;
+mod fake_guest;
+mod harness;
+mod injector;
+mod machine;
+mod measure;
+mod raw_tap;
+mod report;
+mod workload;
+
+use std::error::Error as _;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use thiserror::Error;
+
+use machine::Machine;
+use measure::{MeasureError, Side, Timing};
+use report::Run;
+use workload::Workload;
+
+/// Measures zcnet's datapath against the raw tap limit (run as root).
+#[derive(Debug, Parser)]
+#[command(name = "zcnet-bench")]
+struct Args {
+    /// One repetition with half-second windows: proves the command works
+    /// (about 15 s), the numbers are rough.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for bench.json and bench.svg [default: target/bench of the
+    /// target directory this binary was built in].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+/// How long and how often.
+struct Plan {
+    mode: &'static str,
+    repetitions: usize,
+    timing: Timing,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                mode: "quick",
+                repetitions: 1,
+                timing: Timing {
+                    warmup: Duration::from_millis(250),
+                    window: Duration::from_millis(500),
+                },
+            }
+        } else {
+            Plan {
+                mode: "full",
+                repetitions: 3,
+                timing: Timing {
+                    warmup: Duration::from_secs(1),
+                    window: Duration::from_secs(3),
+                },
+            }
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+enum BenchError {
+    #[error("zcnet-bench must run as root: it creates network namespaces and taps")]
+    NotRoot,
+    #[error(
+        "no zcnet binary at {0}: build it with `cargo build --release -p zcnet`, \
+         or point ZCNET_BIN at one"
+    )]
+    NoZcnet(PathBuf),
+    #[error("workload {workload} on {side}, repetition {repetition}")]
+    Measure {
+        workload: &'static str,
+        side: Side,
+        repetition: usize,
+        #[source]
+        source: MeasureError,
+    },
+    #[error("idle check, repetition {repetition}")]
+    Idle {
+        repetition: usize,
+        #[source]
+        source: MeasureError,
+    },
+    #[error("cannot write {0}")]
+    Write(PathBuf, #[source] io::Error),
+    #[error("cannot write {0}")]
+    Chart(PathBuf, #[source] chart::ChartError),
+    #[error("these runs moved no frames, so the harness is broken: {0}")]
+    NoFrames(String),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zcnet-bench: error: {e}");
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                eprintln!("  caused by: {c}");
+                cause = c.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), BenchError> {
+    let started = Instant::now();
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BenchError::NotRoot);
+    }
+    let zcnet = zcnet_bin()?;
+    // The harness starts the binary that ZCNET_BIN names. Set while the
+    // process has one thread, before any measurement starts another.
+    std::env::set_var("ZCNET_BIN", &zcnet);
+    let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
+    let plan = Plan::new(args.quick);
+    let command = command_line();
+    let machine = Machine::this();
+    eprintln!(
+        "zcnet-bench: {} mode, {} repetition(s) of {} workloads on zcnet and the raw tap, \
+         {:?} warm-up + {:?} window each",
+        plan.mode,
+        plan.repetitions,
+        Workload::ALL.len(),
+        plan.timing.warmup,
+        plan.timing.window
+    );
+
+    let (mut samples, mut idle) = (Vec::new(), Vec::new());
+    for repetition in 0..plan.repetitions {
+        // Alternate which side goes first, so neither always runs on a
+        // machine the other just warmed.
+        let sides = if repetition % 2 == 0 {
+            [Side::Zcnet, Side::Raw]
+        } else {
+            [Side::Raw, Side::Zcnet]
+        };
+        for w in Workload::ALL {
+            for side in sides {
+                let s = match side {
+                    Side::Zcnet => measure::zcnet(w, repetition, plan.timing),
+                    Side::Raw => measure::raw(w, repetition, plan.timing),
+                }
+                .map_err(|source| BenchError::Measure {
+                    workload: w.id(),
+                    side,
+                    repetition,
+                    source,
+                })?;
+                eprintln!(
+                    "  {}/{} {:<24} {:<5} {:>10.0} frames/s {:>8.3} Gbit/s",
+                    repetition + 1,
+                    plan.repetitions,
+                    w.title(),
+                    side.to_string(),
+                    s.frames as f64 / s.seconds,
+                    s.bytes as f64 * 8.0 / s.seconds / 1e9
+                );
+                samples.push(s);
+            }
+        }
+        let i = measure::idle(repetition, plan.timing)
+            .map_err(|source| BenchError::Idle { repetition, source })?;
+        eprintln!(
+            "  {}/{} idle: zcnet used {:.3} s of CPU in {:.2} s",
+            repetition + 1,
+            plan.repetitions,
+            i.cpu_seconds,
+            i.seconds
+        );
+        idle.push(i);
+    }
+
+    let summary = report::summarize(&samples);
+    let run = Run {
+        command,
+        machine,
+        zcnet_bin: zcnet.display().to_string(),
+        mode: plan.mode,
+        repetitions: plan.repetitions,
+        warmup_seconds: plan.timing.warmup.as_secs_f64(),
+        window_seconds: plan.timing.window.as_secs_f64(),
+        samples,
+        idle,
+        summary,
+        not_measured: vec![report::NOT_MEASURED_UDP],
+    };
+    print!("{}", report::markdown(&run));
+
+    fs::create_dir_all(&out_dir).map_err(|e| BenchError::Write(out_dir.clone(), e))?;
+    let out_dir = out_dir.canonicalize().unwrap_or(out_dir);
+    let json_path = out_dir.join("bench.json");
+    let json = serde_json::to_string_pretty(&run).expect("the run serializes");
+    fs::write(&json_path, json + "\n").map_err(|e| BenchError::Write(json_path.clone(), e))?;
+    let svg_path = out_dir.join("bench.svg");
+    let subtitle = format!(
+        "{} mode: median of {} window(s) of {} s, error bars min..max; {}, {} cores, Linux {}",
+        run.mode,
+        run.repetitions,
+        run.window_seconds,
+        run.machine.cpu_model,
+        run.machine.cores,
+        run.machine.kernel
+    );
+    chart::draw(&svg_path, &run.summary, &subtitle)
+        .map_err(|e| BenchError::Chart(svg_path.clone(), e))?;
+    println!("\nRaw numbers (every repetition): {}", json_path.display());
+    println!("Chart: {}", svg_path.display());
+    println!(
+        "Took {:.0} s ({} mode).",
+        started.elapsed().as_secs_f64(),
+        run.mode
+    );
+
+    let empty: Vec<String> = run
+        .samples
+        .iter()
+        .filter(|s| s.frames == 0)
+        .map(|s| format!("{} on {} (repetition {})", s.workload, s.side, s.repetition))
+        .collect();
+    if !empty.is_empty() {
+        return Err(BenchError::NoFrames(empty.join(", ")));
+    }
+    Ok(())
+}
+
+/// `ZCNET_BIN`, or the `zcnet` beside this binary (both are built into the
+/// same `target/release`).
+fn zcnet_bin() -> Result<PathBuf, BenchError> {
+    let bin = match std::env::var_os("ZCNET_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("zcnet")))
+            .unwrap_or_else(|| PathBuf::from("target/release/zcnet")),
+    };
+    if !bin.is_file() {
+        return Err(BenchError::NoZcnet(bin));
+    }
+    Ok(bin.canonicalize().unwrap_or(bin))
+}
+
+/// `target/bench` of the target directory this binary runs from.
+fn default_out_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .as_deref()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("target/bench"), |t| t.join("bench"))
+}
+
+/// The command line as typed, with arguments quoted where a shell needs it.
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
