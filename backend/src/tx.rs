@@ -27,6 +27,8 @@ use crate::vnet_hdr::VnetHdr;
 /// The largest frame accepted after the virtio-net header: 64 KiB of GSO
 /// payload and headers plus an Ethernet header and a VLAN tag.
 pub const MAX_FRAME_LEN: usize = 65536 + 14 + 4;
+/// Chains handled between two looks at whether the guest wants a call.
+const SIGNAL_BATCH: usize = 64;
 /// The shortest frame: an Ethernet header.
 pub const MIN_FRAME_LEN: usize = 14;
 
@@ -127,6 +129,7 @@ pub fn process(
     let ring_size = vs.get_queue().size();
     let (mut frames, mut bytes) = (0u64, 0u64);
     let mut used = reap(ctx, st, &mut vs)?;
+    let mut batch = 0usize;
     'drain: loop {
         if event_idx {
             vs.get_queue_mut().disable_notification(mem)?;
@@ -182,6 +185,18 @@ pub fn process(
                     vs.get_queue_mut().go_to_previous_position();
                     st.blocked = true;
                     break 'drain;
+                }
+            }
+            batch += 1;
+            if batch == SIGNAL_BATCH {
+                // A long drain tells the guest partway (if it asked), so
+                // it refills the ring while zcnet still works on it, and
+                // takes in completions of lent chains.
+                batch = 0;
+                used |= reap(ctx, st, &mut vs)?;
+                if used && vs.needs_notification()? {
+                    vs.signal_used_queue().map_err(QueueError::Signal)?;
+                    used = false;
                 }
             }
         }

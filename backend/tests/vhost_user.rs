@@ -184,7 +184,7 @@ fn a_reconnecting_frontend_finds_the_daemon_serving() {
     tx_roundtrip(&mut g, &host, 11);
     // RX works on the new connection too.
     let raw = PacketSock::open(&s.ns, TAP, false);
-    let bufs = g.post_rx(0, 4, 2048);
+    let bufs = g.post_rx(0, 40, 2048);
     let f = frames::test_frame(80, 12, GUEST_MAC, HOST_MAC);
     raw.send(&f);
     let used = g.wait_rx_used(0, 1);
@@ -222,7 +222,7 @@ fn get_vring_base_stops_the_queue() {
     let f = frames::test_frame(300, 99, HOST_MAC, GUEST_MAC);
     g.queue_tx(0, &frames::plain_hdr(), &f, 1);
     g.tx(0).kick();
-    g.post_rx(0, 2, 2048);
+    g.post_rx(0, 40, 2048);
     raw.send(&frames::test_frame(90, 98, GUEST_MAC, HOST_MAC));
     g.wait_rx_used(0, 1);
     assert_eq!(

@@ -368,7 +368,7 @@ fn datagrams_from_the_peer_land_in_guest_buffers_with_a_plain_header() {
     let lab = UdpLab::new(Path::Veth, &[]);
     let peer = lab.receiver();
     let mut g = connect(&lab);
-    let bufs = g.post_rx(0, 4, 2048);
+    let bufs = g.post_rx(0, 8, 2048);
     let sent = [frame(60, 1), frame(1514, 2)];
     for f in &sent {
         peer.send_to(f, common::udp_lab::LOCAL)
