@@ -148,6 +148,23 @@ impl QueuePair {
         self.lock().features = features;
     }
 
+    /// The pair's view of its resources for one event.
+    fn ctx<'a>(
+        &'a self,
+        features: Negotiated,
+        guest_log: &'a mut GuestErrorLog,
+        host_log: &'a mut GuestErrorLog,
+    ) -> Ctx<'a> {
+        Ctx {
+            pair: self.index,
+            attachment: &*self.attachment,
+            metrics: &self.metrics,
+            features,
+            guest_log,
+            host_log,
+        }
+    }
+
     /// Handles one event. Guest mistakes are counted and logged; they never
     /// stop the worker.
     pub fn handle(&self, event: PairEvent, rx_vring: &Vring, tx_vring: &Vring, mem: &Mem) {
@@ -156,14 +173,7 @@ impl QueuePair {
         if st.tx_vring.is_none() {
             st.tx_vring = Some(tx_vring.clone());
         }
-        let mut ctx = Ctx {
-            pair: self.index,
-            attachment: &*self.attachment,
-            metrics: &self.metrics,
-            features: st.features,
-            guest_log: &mut st.guest_log,
-            host_log: &mut st.host_log,
-        };
+        let mut ctx = self.ctx(st.features, &mut st.guest_log, &mut st.host_log);
         let (mut run_rx, mut run_tx, mut reap) = (false, false, false);
         match event {
             PairEvent::RxKick => run_rx = true,
@@ -231,14 +241,7 @@ impl QueuePair {
             );
         }
         if let Some(vring) = st.tx_vring.clone() {
-            let mut ctx = Ctx {
-                pair: self.index,
-                attachment: &*self.attachment,
-                metrics: &self.metrics,
-                features: st.features,
-                guest_log: &mut st.guest_log,
-                host_log: &mut st.host_log,
-            };
+            let mut ctx = self.ctx(st.features, &mut st.guest_log, &mut st.host_log);
             let mut vs = vring.get_mut();
             let mut used = false;
             loop {

@@ -14,6 +14,8 @@ use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemory
 
 use super::ring::{Desc, Ring, Used};
 
+/// Guest memory of a fake guest made by [`FakeGuest::connect`] (others:
+/// [`FakeGuest::connect_with_mem`]).
 pub const MEM_SIZE: u64 = 64 << 20;
 /// QEMU's low-memory hole: guest RAM is two regions of one memfd.
 const HOLE_START: u64 = 0xa0000;
@@ -86,12 +88,20 @@ pub struct FakeGuest {
     /// rings[2 * pair] is RX, rings[2 * pair + 1] is TX.
     pub rings: Vec<Ring>,
     next_buf: u64,
+    mem_size: u64,
 }
 
 impl FakeGuest {
     /// Connects and brings every queue up, in QEMU's order of messages.
     pub fn connect(socket: &Path, opts: &GuestOpts) -> FakeGuest {
-        let mut g = Self::negotiate(socket, opts);
+        Self::connect_with_mem(socket, opts, MEM_SIZE)
+    }
+
+    /// [`FakeGuest::connect`] with `mem_size` bytes of guest memory
+    /// instead of [`MEM_SIZE`] (a multiple of 4 KiB, above 8 MiB: rings
+    /// and buffers start there).
+    pub fn connect_with_mem(socket: &Path, opts: &GuestOpts, mem_size: u64) -> FakeGuest {
+        let mut g = Self::negotiate_with_mem(socket, opts, mem_size);
         g.set_mem_table();
         for q in 0..2 * opts.pairs {
             g.start_ring(q, opts.queue_size);
@@ -110,6 +120,15 @@ impl FakeGuest {
 
     /// Feature and protocol negotiation only.
     pub fn negotiate(socket: &Path, opts: &GuestOpts) -> FakeGuest {
+        Self::negotiate_with_mem(socket, opts, MEM_SIZE)
+    }
+
+    /// [`FakeGuest::negotiate`] with `mem_size` bytes of guest memory.
+    pub fn negotiate_with_mem(socket: &Path, opts: &GuestOpts, mem_size: u64) -> FakeGuest {
+        assert!(
+            mem_size > BUFFERS_BASE && mem_size % 4096 == 0,
+            "guest memory of {mem_size} bytes: use a multiple of 4 KiB above {BUFFERS_BASE}"
+        );
         let mut frontend =
             Frontend::connect(socket, 2 * opts.pairs as u64).expect("connect to zcnet");
         let offered = frontend.get_features().expect("GET_FEATURES");
@@ -136,7 +155,7 @@ impl FakeGuest {
         let memfd = File::from(
             memfd_create(c"zcnet-test-guest", MemFdCreateFlag::MFD_CLOEXEC).expect("memfd"),
         );
-        memfd.set_len(MEM_SIZE).unwrap();
+        memfd.set_len(mem_size).unwrap();
         let mem = GuestMemoryMmap::from_ranges_with_files(&[
             (
                 GuestAddress(0),
@@ -145,7 +164,7 @@ impl FakeGuest {
             ),
             (
                 GuestAddress(HOLE_END),
-                (MEM_SIZE - HOLE_END) as usize,
+                (mem_size - HOLE_END) as usize,
                 Some(FileOffset::new(memfd.try_clone().unwrap(), HOLE_END)),
             ),
         ])
@@ -160,6 +179,7 @@ impl FakeGuest {
             queue_num,
             rings: Vec::new(),
             next_buf: BUFFERS_BASE,
+            mem_size,
         }
     }
 
@@ -231,8 +251,18 @@ impl FakeGuest {
     pub fn alloc(&mut self, len: usize) -> u64 {
         let at = self.next_buf;
         self.next_buf = (self.next_buf + len as u64 + 63) & !63;
-        assert!(self.next_buf < MEM_SIZE, "fake guest out of buffer memory");
+        assert!(self.next_buf < self.mem_size, "fake guest out of buffer memory");
         at
+    }
+
+    /// Bytes of guest memory this guest has.
+    pub fn mem_size(&self) -> u64 {
+        self.mem_size
+    }
+
+    /// Bytes of buffer memory not yet reserved by [`FakeGuest::alloc`].
+    pub fn buffer_room(&self) -> u64 {
+        self.mem_size.saturating_sub(self.next_buf)
     }
 
     /// Starts reusing buffer memory from the beginning.
