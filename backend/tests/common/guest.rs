@@ -251,7 +251,10 @@ impl FakeGuest {
     pub fn alloc(&mut self, len: usize) -> u64 {
         let at = self.next_buf;
         self.next_buf = (self.next_buf + len as u64 + 63) & !63;
-        assert!(self.next_buf < self.mem_size, "fake guest out of buffer memory");
+        assert!(
+            self.next_buf < self.mem_size,
+            "fake guest out of buffer memory"
+        );
         at
     }
 
