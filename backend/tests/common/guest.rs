@@ -126,7 +126,7 @@ impl FakeGuest {
     /// [`FakeGuest::negotiate`] with `mem_size` bytes of guest memory.
     pub fn negotiate_with_mem(socket: &Path, opts: &GuestOpts, mem_size: u64) -> FakeGuest {
         assert!(
-            mem_size > BUFFERS_BASE && mem_size % 4096 == 0,
+            mem_size > BUFFERS_BASE && mem_size & 0xfff == 0,
             "guest memory of {mem_size} bytes: use a multiple of 4 KiB above {BUFFERS_BASE}"
         );
         let mut frontend =
