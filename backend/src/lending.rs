@@ -85,14 +85,22 @@ impl Lending {
 
     /// How to send a frame of `len` bytes, and why it is copied when it
     /// could have been lent.
+    /// Whether the next frame would be copied for the cap.
+    pub fn at_cap(&self, ring_size: u16) -> bool {
+        self.policy.mode != ZeroCopyMode::Off && self.pending.len() >= self.cap(ring_size)
+    }
+
+    fn cap(&self, ring_size: u16) -> usize {
+        self.policy.cap.min(usize::from(ring_size / 4).max(1))
+    }
+
     /// The cap is also at most a quarter of the ring (`ring_size`), so
     /// the guest always has room to queue more frames.
     pub fn choose(&mut self, len: usize, ring_size: u16) -> (SendMode, Option<CopyReason>) {
         if self.policy.mode == ZeroCopyMode::Off || len < self.policy.min_bytes {
             return (SendMode::Copy, None);
         }
-        let cap = self.policy.cap.min(usize::from(ring_size / 4).max(1));
-        if self.pending.len() >= cap {
+        if self.pending.len() >= self.cap(ring_size) {
             return (SendMode::Copy, Some(CopyReason::Cap));
         }
         if self.policy.mode == ZeroCopyMode::Auto && self.backoff > 0 {

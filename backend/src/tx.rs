@@ -136,6 +136,11 @@ pub fn process(
         }
         while let Some(chain) = vs.get_queue_mut().pop_descriptor_chain(mem) {
             let head = chain.head_index();
+            if st.lending.at_cap(ring_size) {
+                // Take in what the kernel has released before copying
+                // for the cap.
+                used |= reap(ctx, st, &mut vs)?;
+            }
             st.iov.clear();
             let outcome = match st.iov.push_chain(
                 chain,

@@ -67,6 +67,11 @@ impl Crew {
         });
     }
 
+    /// Some thread has returned (or panicked) before being told to stop.
+    pub fn any_ended(&self) -> bool {
+        self.members.iter().any(|m| m.handle.is_finished())
+    }
+
     /// The CPU time so far of the threads in `role`.
     pub fn cpu(&self, role: Role) -> io::Result<f64> {
         self.members

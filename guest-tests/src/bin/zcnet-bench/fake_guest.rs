@@ -10,9 +10,11 @@
 //!   again at once, and with nothing to reclaim the driver sleeps on the
 //!   call, as its interrupt handler would.
 //!
-//! Buffers are written once and reused; only descriptors and ring indexes
-//! are written per frame.
+//! Buffers are written once and reused in turn, oldest returned first (with
+//! more buffers than ring entries, each waits for all the others); only
+//! descriptors and ring indexes are written per frame.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -42,8 +44,9 @@ struct Chains {
     write: bool,
     /// The buffer address behind each head (descriptor slot).
     slot_buf: Vec<u64>,
-    /// Buffers the device has returned and the driver not yet queued.
-    free: Vec<u64>,
+    /// Buffers the device has returned and the driver not yet queued,
+    /// oldest first.
+    free: VecDeque<u64>,
 }
 
 impl Chains {
@@ -53,14 +56,17 @@ impl Chains {
             ring,
             len: bufs.len as u32,
             write,
-            free: bufs.addrs,
+            free: bufs.addrs.into(),
         }
     }
 
-    /// Queues every free buffer, kicking as soon as the device asks for a
-    /// kick so it starts while the rest is being queued.
+    /// Queues free buffers until the ring is full, kicking as soon as the
+    /// device asks for a kick so it starts while the rest is being queued.
     fn queue_free(&mut self) {
-        while let Some(addr) = self.free.pop() {
+        while self.ring.outstanding() < self.ring.size {
+            let Some(addr) = self.free.pop_front() else {
+                break;
+            };
             let old = self.ring.avail_idx();
             let head = self.ring.add_chain(&[Desc {
                 addr,
@@ -135,7 +141,7 @@ pub fn run_tx(ring: Ring, bufs: Buffers, counters: &Counters, stop: &AtomicBool)
         let used = tx.reclaim(true);
         for u in &used {
             let buf = tx.buffer_of(*u);
-            tx.free.push(buf);
+            tx.free.push_back(buf);
         }
         counters.add(used.len() as u64, used.len() as u64 * frame_len);
     }
@@ -176,7 +182,7 @@ pub fn run_rx(
             }
             rest_of_frame -= 1;
             frame_bytes += u64::from(u.len);
-            rx.free.push(buf);
+            rx.free.push_back(buf);
             if rest_of_frame == 0 {
                 if frame_bytes == expected {
                     good += 1;

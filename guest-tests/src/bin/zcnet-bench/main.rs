@@ -1,12 +1,16 @@
 //! zcnet-bench: the datapath figures of zcnet against the physical limit of
-//! its tap, on this machine.
+//! its tap, and its zero-copy UDP attachment against copying, on this
+//! machine.
 //!
 //! It drives the real `zcnet` binary over its real vhost-user socket with
 //! the backend's fake-guest harness (no VM), on a tap in its own network
 //! namespace, and measures each workload against a raw tap writer (or
-//! reader) in another namespace. Repetitions go round-robin across the
-//! workloads. The Markdown report goes to stdout, every repetition's
-//! numbers to `OUT/bench.json`, the TX chart to `OUT/bench.svg`.
+//! reader) in another namespace. Then it sends through `--udp` out of an
+//! `ifb` device, with zero-copy on and off, over a sweep of frame sizes
+//! from cold buffers. Repetitions go round-robin across the workloads. The
+//! Markdown report goes to stdout, every repetition's numbers to
+//! `OUT/bench.json`, the tap TX chart to `OUT/bench.svg` and the UDP CPU
+//! per GB chart to `OUT/bench-udp.svg`.
 //!
 //! ```sh
 //! cargo build --release -p zcnet
@@ -23,6 +27,10 @@ mod machine;
 mod measure;
 mod raw_tap;
 mod report;
+mod udp;
+mod udp_chart;
+mod udp_measure;
+mod udp_report;
 mod workload;
 
 use std::error::Error as _;
@@ -38,18 +46,19 @@ use thiserror::Error;
 use machine::Machine;
 use measure::{MeasureError, Side, Timing};
 use report::Run;
+use udp::{TxMode, UdpCase};
 use workload::Workload;
 
 /// Measures zcnet's datapath against the raw tap limit (run as root).
 #[derive(Debug, Parser)]
 #[command(name = "zcnet-bench")]
 struct Args {
-    /// One repetition with half-second windows: proves the command works
-    /// (about 15 s), the numbers are rough.
+    /// One repetition with half-second windows and two UDP frame sizes:
+    /// proves the command works (about 20 s), the numbers are rough.
     #[arg(long)]
     quick: bool,
-    /// Directory for bench.json and bench.svg [default: target/bench of the
-    /// target directory this binary was built in].
+    /// Directory for bench.json, bench.svg and bench-udp.svg [default:
+    /// target/bench of the target directory this binary was built in].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 }
@@ -59,6 +68,11 @@ struct Plan {
     mode: &'static str,
     repetitions: usize,
     timing: Timing,
+    /// Frame sizes of the UDP zero-copy/copy sweep.
+    udp_sizes: &'static [usize],
+    /// The UDP windows; their warm-up comes after one pass through every
+    /// buffer, which already warms zcnet up.
+    udp_timing: Timing,
 }
 
 impl Plan {
@@ -71,6 +85,11 @@ impl Plan {
                     warmup: Duration::from_millis(250),
                     window: Duration::from_millis(500),
                 },
+                udp_sizes: &udp::SWEEP_QUICK,
+                udp_timing: Timing {
+                    warmup: Duration::from_millis(250),
+                    window: Duration::from_millis(500),
+                },
             }
         } else {
             Plan {
@@ -79,6 +98,11 @@ impl Plan {
                 timing: Timing {
                     warmup: Duration::from_secs(1),
                     window: Duration::from_secs(3),
+                },
+                udp_sizes: &udp::SWEEP,
+                udp_timing: Timing {
+                    warmup: Duration::from_millis(500),
+                    window: Duration::from_secs(2),
                 },
             }
         }
@@ -98,6 +122,14 @@ enum BenchError {
     Measure {
         workload: &'static str,
         side: Side,
+        repetition: usize,
+        #[source]
+        source: MeasureError,
+    },
+    #[error("UDP {mode}, {frame_len} B frames, repetition {repetition}")]
+    MeasureUdp {
+        mode: TxMode,
+        frame_len: usize,
         repetition: usize,
         #[source]
         source: MeasureError,
@@ -147,16 +179,20 @@ fn run(args: &Args) -> Result<(), BenchError> {
     let command = command_line();
     let machine = Machine::this();
     eprintln!(
-        "zcnet-bench: {} mode, {} repetition(s) of {} workloads on zcnet and the raw tap, \
-         {:?} warm-up + {:?} window each",
+        "zcnet-bench: {} mode, {} repetition(s) of {} workloads on zcnet and the raw tap \
+         ({:?} warm-up + {:?} window each) and {} UDP frame sizes zero-copy and copy \
+         (one pass through the buffers + {:?} warm-up + {:?} window each)",
         plan.mode,
         plan.repetitions,
         Workload::ALL.len(),
         plan.timing.warmup,
-        plan.timing.window
+        plan.timing.window,
+        plan.udp_sizes.len(),
+        plan.udp_timing.warmup,
+        plan.udp_timing.window
     );
 
-    let (mut samples, mut idle) = (Vec::new(), Vec::new());
+    let (mut samples, mut udp_samples, mut idle) = (Vec::new(), Vec::new(), Vec::new());
     for repetition in 0..plan.repetitions {
         // Alternate which side goes first, so neither always runs on a
         // machine the other just warmed.
@@ -189,6 +225,42 @@ fn run(args: &Args) -> Result<(), BenchError> {
                 samples.push(s);
             }
         }
+        // Alternate which mode goes first, as with the sides above.
+        let modes = if repetition % 2 == 0 {
+            TxMode::BOTH
+        } else {
+            [TxMode::Copy, TxMode::ZeroCopy]
+        };
+        for &frame_len in plan.udp_sizes {
+            for mode in modes {
+                let case = UdpCase { mode, frame_len };
+                let s = udp_measure::run(case, repetition, plan.udp_timing).map_err(|source| {
+                    BenchError::MeasureUdp {
+                        mode,
+                        frame_len,
+                        repetition,
+                        source,
+                    }
+                })?;
+                eprintln!(
+                    "  {}/{} UDP {:<9} {:>5} B  {:>10.0} frames/s {:>8.3} Gbit/s \
+                     {:>7.3} CPU s/GB  kernel copied {}/{} completed, {} buffers, \
+                     warm-up {:.2} s",
+                    repetition + 1,
+                    plan.repetitions,
+                    mode.to_string(),
+                    frame_len,
+                    s.frames as f64 / s.seconds,
+                    s.bytes as f64 * 8.0 / s.seconds / 1e9,
+                    s.cpu_seconds / s.bytes as f64 * 1e9,
+                    s.zcnet.zerocopy_copied,
+                    s.zcnet.zerocopy_completed,
+                    s.buffers,
+                    s.warmup_seconds
+                );
+                udp_samples.push(s);
+            }
+        }
         let i = measure::idle(repetition, plan.timing)
             .map_err(|source| BenchError::Idle { repetition, source })?;
         eprintln!(
@@ -202,6 +274,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
     }
 
     let summary = report::summarize(&samples);
+    let udp = udp_report::summarize(&udp_samples, plan.udp_sizes);
     let run = Run {
         command,
         machine,
@@ -210,10 +283,14 @@ fn run(args: &Args) -> Result<(), BenchError> {
         repetitions: plan.repetitions,
         warmup_seconds: plan.timing.warmup.as_secs_f64(),
         window_seconds: plan.timing.window.as_secs_f64(),
+        udp_warmup_seconds: plan.udp_timing.warmup.as_secs_f64(),
+        udp_window_seconds: plan.udp_timing.window.as_secs_f64(),
         samples,
         idle,
         summary,
-        not_measured: vec![report::NOT_MEASURED_UDP],
+        udp_samples,
+        udp,
+        not_measured: vec![report::NOT_MEASURED_STREAM],
     };
     print!("{}", report::markdown(&run));
 
@@ -223,19 +300,25 @@ fn run(args: &Args) -> Result<(), BenchError> {
     let json = serde_json::to_string_pretty(&run).expect("the run serializes");
     fs::write(&json_path, json + "\n").map_err(|e| BenchError::Write(json_path.clone(), e))?;
     let svg_path = out_dir.join("bench.svg");
-    let subtitle = format!(
-        "{} mode: median of {} window(s) of {} s, error bars min..max; {}, {} cores, Linux {}",
-        run.mode,
-        run.repetitions,
-        run.window_seconds,
-        run.machine.cpu_model,
-        run.machine.cores,
-        run.machine.kernel
-    );
-    chart::draw(&svg_path, &run.summary, &subtitle)
+    let subtitle = |window_seconds: f64| {
+        format!(
+            "{} mode: median of {} window(s) of {} s, error bars min..max; {}, {} cores, \
+             Linux {}",
+            run.mode,
+            run.repetitions,
+            window_seconds,
+            run.machine.cpu_model,
+            run.machine.cores,
+            run.machine.kernel
+        )
+    };
+    chart::draw(&svg_path, &run.summary, &subtitle(run.window_seconds))
         .map_err(|e| BenchError::Chart(svg_path.clone(), e))?;
+    let udp_svg_path = out_dir.join("bench-udp.svg");
+    udp_chart::draw(&udp_svg_path, &run.udp, &subtitle(run.udp_window_seconds))
+        .map_err(|e| BenchError::Chart(udp_svg_path.clone(), e))?;
     println!("\nRaw numbers (every repetition): {}", json_path.display());
-    println!("Chart: {}", svg_path.display());
+    println!("Charts: {}, {}", svg_path.display(), udp_svg_path.display());
     println!(
         "Took {:.0} s ({} mode).",
         started.elapsed().as_secs_f64(),
@@ -247,6 +330,12 @@ fn run(args: &Args) -> Result<(), BenchError> {
         .iter()
         .filter(|s| s.frames == 0)
         .map(|s| format!("{} on {} (repetition {})", s.workload, s.side, s.repetition))
+        .chain(run.udp_samples.iter().filter(|s| s.frames == 0).map(|s| {
+            format!(
+                "UDP {} {} B (repetition {})",
+                s.mode, s.frame_len, s.repetition
+            )
+        }))
         .collect();
     if !empty.is_empty() {
         return Err(BenchError::NoFrames(empty.join(", ")));

@@ -57,6 +57,20 @@ pub enum MeasureError {
          the bench fed it something wrong"
     )]
     ZcnetRefused { dropped: u64, malformed: u64 },
+    #[error(
+        "the warm-up sent only {frames} of the {buffers} frames that pass once through \
+         every buffer, in {seconds:.0} s: zcnet or the fake guest is stuck"
+    )]
+    WarmupStalled {
+        frames: u64,
+        buffers: usize,
+        seconds: f64,
+    },
+    #[error(
+        "zcnet ran with --zerocopy on but lent none of its {frames} frames \
+         (SO_ZEROCOPY refused? see its log):\n{log}"
+    )]
+    NothingLent { frames: u64, log: String },
 }
 
 /// Frames and their bytes (without the virtio-net header), added by the
@@ -73,7 +87,7 @@ impl Counters {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    fn read(&self) -> (u64, u64) {
+    pub fn read(&self) -> (u64, u64) {
         (
             self.frames.load(Ordering::Relaxed),
             self.bytes.load(Ordering::Relaxed),
@@ -146,19 +160,19 @@ pub struct IdleSample {
 }
 
 /// What the window reads at each end.
-struct Reading {
-    at: Instant,
-    frames: u64,
-    bytes: u64,
-    offered: u64,
-    cpu: f64,
-    feeder_cpu: f64,
-    machine_busy: f64,
-    steal: f64,
+pub struct Reading {
+    pub at: Instant,
+    pub frames: u64,
+    pub bytes: u64,
+    pub offered: u64,
+    pub cpu: f64,
+    pub feeder_cpu: f64,
+    pub machine_busy: f64,
+    pub steal: f64,
 }
 
 /// Warms up, then reads at both ends of the window.
-fn window(
+pub fn window(
     timing: Timing,
     delivered: &Counters,
     offered: &Counters,

@@ -8,11 +8,14 @@ use serde::Serialize;
 use crate::machine::Machine;
 use crate::measure::QUEUE_SIZE;
 use crate::measure::{IdleSample, Sample, Side};
+use crate::udp_measure::UdpSample;
+use crate::udp_report::{self, UdpSummary};
 use crate::workload::{Direction, Workload};
 
 /// The line for the workload the bench does not run yet.
-pub const NOT_MEASURED_UDP: &str = "TX through the zero-copy UDP attachment (`--udp`): \
-     not measured: zcnet-bench does not drive a socket attachment yet";
+pub const NOT_MEASURED_STREAM: &str = "TX through the TCP stream attachment \
+     (`--stream-connect`, `--stream-listen`): not measured: zcnet-bench drives the tap \
+     and the UDP attachment only";
 
 /// Everything a run measured, as written to `bench.json`.
 #[derive(Serialize)]
@@ -24,9 +27,17 @@ pub struct Run {
     pub repetitions: usize,
     pub warmup_seconds: f64,
     pub window_seconds: f64,
+    /// The UDP workloads' warm-up (after one pass through every buffer)
+    /// and window.
+    pub udp_warmup_seconds: f64,
+    pub udp_window_seconds: f64,
     pub samples: Vec<Sample>,
     pub idle: Vec<IdleSample>,
     pub summary: Vec<Summary>,
+    /// The UDP attachment to an ifb egress, zero-copy and copy: every
+    /// window, and by frame size.
+    pub udp_samples: Vec<UdpSample>,
+    pub udp: UdpSummary,
     pub not_measured: Vec<&'static str>,
 }
 
@@ -150,7 +161,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
 }
 
 /// A number with three significant digits and an SI suffix: 1.02M, 812k.
-fn si(x: f64) -> String {
+pub fn si(x: f64) -> String {
     if !x.is_finite() {
         return "n/a".into();
     }
@@ -164,7 +175,7 @@ fn si(x: f64) -> String {
 }
 
 /// Three significant digits, no exponent.
-fn sig3(x: f64) -> String {
+pub fn sig3(x: f64) -> String {
     if !x.is_finite() {
         return "n/a".into();
     }
@@ -182,7 +193,7 @@ fn sig3(x: f64) -> String {
     format!("{x:.decimals$}")
 }
 
-fn cell(s: Option<&Spread>, fmt: fn(f64) -> String) -> String {
+pub fn cell(s: Option<&Spread>, fmt: fn(f64) -> String) -> String {
     match s {
         Some(s) if s.min == s.max => fmt(s.median),
         Some(s) => format!("{} ({}..{})", fmt(s.median), fmt(s.min), fmt(s.max)),
@@ -191,7 +202,7 @@ fn cell(s: Option<&Spread>, fmt: fn(f64) -> String) -> String {
 }
 
 /// Other load above which a window is marked as disturbed, in cores.
-const DISTURBED: f64 = 0.25;
+pub const DISTURBED: f64 = 0.25;
 
 /// Cores busy with other work during a window: the machine's busy time
 /// that neither the measured nor the feeding threads account for.
@@ -214,12 +225,15 @@ pub fn markdown(run: &Run) -> String {
     let _ = writeln!(w, "- zcnet: `{}`", run.zcnet_bin);
     let _ = writeln!(
         w,
-        "- mode: {}: {} repetition(s), each workload {} s warm-up then a {} s window, \
+        "- mode: {}: {} repetition(s), each tap workload {} s warm-up then a {} s window, \
+         each UDP workload one pass through its buffers and {} s warm-up then a {} s window, \
          repetitions interleaved across workloads; cells are median (min..max)\n",
         run.mode,
         run.repetitions,
         sig3(run.warmup_seconds),
-        sig3(run.window_seconds)
+        sig3(run.window_seconds),
+        sig3(run.udp_warmup_seconds),
+        sig3(run.udp_window_seconds)
     );
 
     let _ = writeln!(w, "## Throughput\n");
@@ -248,7 +262,10 @@ pub fn markdown(run: &Run) -> String {
             s.zcnet_over_raw.map_or("-".into(), |x| format!("{x:.2}")),
         );
     }
-    let _ = writeln!(w, "| {NOT_MEASURED_UDP} | | | | | |\n");
+    for line in &run.not_measured {
+        let _ = writeln!(w, "| {line} | | | | | |");
+    }
+    let _ = writeln!(w);
     if disturbed_any {
         let _ = writeln!(
             w,
@@ -337,10 +354,16 @@ pub fn markdown(run: &Run) -> String {
         cell(idle_share.as_ref(), sig3),
     );
 
-    let _ = writeln!(w, "## How to read it\n");
+    let _ = writeln!(w, "## How to read the tap rows\n");
     for note in notes() {
         let _ = writeln!(w, "- {note}");
     }
+    let _ = writeln!(w);
+    out.push_str(&udp_report::markdown(
+        &run.udp,
+        run.udp_warmup_seconds,
+        run.udp_window_seconds,
+    ));
     out
 }
 
