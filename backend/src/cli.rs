@@ -55,7 +55,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ZeroCopyMode::Auto)]
     pub zerocopy: ZeroCopyMode,
     /// Frames shorter than this are copied, not lent.
-    #[arg(long, value_name = "N", default_value_t = 10240)]
+    #[arg(long, value_name = "N", default_value_t = 8192)]
     pub zerocopy_min_bytes: usize,
     /// How long GET_VRING_BASE waits for lent TX chains, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
