@@ -396,3 +396,47 @@ fn datagrams_from_the_peer_land_in_guest_buffers_with_a_plain_header() {
     assert_eq!(metric(&m, "zcnet_rx_frames_total"), 2);
     assert_eq!(metric(&m, "zcnet_rx_bytes_total"), (60 + 1514) as u64);
 }
+
+#[test]
+fn an_unreachable_udp_peer_costs_frames_not_chains() {
+    // Nothing listens on the remote port yet: the peer namespace answers
+    // with ICMP port unreachable, which a connected UDP socket reports as
+    // ECONNREFUSED on a later send.
+    let lab = UdpLab::new(
+        Path::Veth,
+        &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
+    );
+    let mut g = connect(&lab);
+    let mut heads = HashSet::new();
+    for round in 0..4u32 {
+        let batch: Vec<u16> = (0..10)
+            .map(|t| queue(&mut g, &frame(20_000, round * 10 + t)))
+            .collect();
+        g.tx(0).kick();
+        let used = g.wait_tx_used(0, batch.len());
+        assert_eq!(
+            used.iter().map(|u| u.id).collect::<HashSet<_>>(),
+            batch.iter().copied().collect::<HashSet<_>>(),
+            "every chain returned exactly once"
+        );
+        heads.extend(batch);
+    }
+    let m = Daemon::scrape(&lab.ns);
+    assert!(
+        metric(&m, "zcnet_tx_dropped_total") > 0,
+        "the refused sends were not counted:\n{m}"
+    );
+    // The peer comes up: frames flow again.
+    let rx = lab.receiver();
+    let f = frame(20_000, 999);
+    queue(&mut g, &f);
+    g.tx(0).kick();
+    g.wait_tx_used(0, 1);
+    let mut buf = vec![0u8; 70_000];
+    let n = rx.recv(&mut buf).expect("a datagram once the peer listens");
+    assert_eq!(&buf[..n], &f[..]);
+    lab.wait_metric(
+        "zcnet_tx_zerocopy_completed_total",
+        metric(&Daemon::scrape(&lab.ns), "zcnet_tx_zerocopy_sends_total"),
+    );
+}

@@ -42,13 +42,36 @@ fn zcnet_stream_guest_and_qemu_stream_guest_talk_both_ways() {
     let daemon = Daemon::start_args(&ns, &["--stream-listen", "127.0.0.1:7100"]);
     let b = Nic::Stream {
         ns: &ns,
-        connect: ("127.0.0.1", 7100),
+        addr: ("127.0.0.1", 7100),
+        server: false,
     };
     talk(
         &ns,
         &daemon,
         b,
         "zcnet --stream-listen <-> QEMU -netdev stream",
+    );
+}
+
+#[test]
+fn zcnet_stream_connect_guest_and_qemu_stream_server_guest_talk_both_ways() {
+    let _one = one_guest_at_a_time();
+    if skip_requested("zcnet_stream_connect_guest_and_qemu_stream_server_guest_talk_both_ways") {
+        return;
+    }
+    // zcnet starts first and keeps retrying until QEMU listens.
+    let ns = NetNs::new();
+    let daemon = Daemon::start_args(&ns, &["--stream-connect", "127.0.0.1:7200"]);
+    let b = Nic::Stream {
+        ns: &ns,
+        addr: ("127.0.0.1", 7200),
+        server: true,
+    };
+    talk(
+        &ns,
+        &daemon,
+        b,
+        "zcnet --stream-connect <-> QEMU -netdev stream,server=on",
     );
 }
 

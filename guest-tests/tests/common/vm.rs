@@ -35,11 +35,13 @@ pub enum Nic<'a> {
         local: (&'a str, u16),
         remote: (&'a str, u16),
     },
-    /// QEMU's own `-netdev stream` as a client of `connect` (IP, port):
-    /// length-prefixed frames over TCP, QEMU running in `ns`.
+    /// QEMU's own `-netdev stream` on `addr` (IP, port), as the client
+    /// or (`server`) listening: length-prefixed frames over TCP, QEMU
+    /// running in `ns`.
     Stream {
         ns: &'a NetNs,
-        connect: (&'a str, u16),
+        addr: (&'a str, u16),
+        server: bool,
     },
 }
 
@@ -136,10 +138,12 @@ impl Vm {
                 cmd.arg("-device")
                     .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"));
             }
-            Nic::Stream { connect, .. } => {
+            Nic::Stream { addr, server, .. } => {
                 cmd.arg("-netdev").arg(format!(
-                    "stream,id=n0,server=off,addr.type=inet,addr.host={},addr.port={}",
-                    connect.0, connect.1
+                    "stream,id=n0,server={},addr.type=inet,addr.host={},addr.port={}",
+                    if server { "on" } else { "off" },
+                    addr.0,
+                    addr.1
                 ));
                 cmd.arg("-device")
                     .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"));
