@@ -200,7 +200,7 @@ impl QueuePair {
             }
         }
         if reap && !run_tx {
-            if let Err(e) = tx::complete(&mut ctx, &mut st.tx, tx_vring, mem) {
+            if let Err(e) = tx::complete(&mut ctx, &mut st.tx, tx_vring) {
                 ctx.guest_error(format_args!("TX queue: {e}"));
             }
         }

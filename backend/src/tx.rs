@@ -98,12 +98,7 @@ pub fn reap(ctx: &mut Ctx<'_>, st: &mut TxState, vs: &mut VState) -> Result<bool
 }
 
 /// Reaps completions and notifies the guest if that used any chain.
-pub fn complete(
-    ctx: &mut Ctx<'_>,
-    st: &mut TxState,
-    vring: &Vring,
-    _mem: &Mem,
-) -> Result<(), QueueError> {
+pub fn complete(ctx: &mut Ctx<'_>, st: &mut TxState, vring: &Vring) -> Result<(), QueueError> {
     let mut vs = vring.get_mut();
     // Reaped even on a stopped queue: the notifications of abandoned
     // chains must leave the error queue; they complete no chain.

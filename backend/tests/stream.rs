@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 use common::daemon::Daemon;
 use common::frames::{self, GUEST_MAC, HOST_MAC};
 use common::guest::{self, FakeGuest, GuestOpts, HDR_LEN};
+use common::netns::NetNs;
 use common::ring::Used;
-use common::stream_lab::{
-    self, accept, read_record, reset, veth_pair, write_record, Role, StreamLab, WAIT,
-};
+use common::stream_lab::{self, accept, read_record, reset, write_record, Role, StreamLab, WAIT};
 
 fn frame(len: usize, tag: u32) -> Vec<u8> {
     frames::test_frame(len, tag, HOST_MAC, GUEST_MAC)
@@ -457,7 +456,7 @@ fn a_slow_peer_makes_tx_wait_and_records_stay_whole() {
 
 #[test]
 fn two_zcnets_carry_a_64k_tso_frame_whole_with_its_header() {
-    let (ns_a, ns_b) = veth_pair();
+    let (ns_a, ns_b) = NetNs::veth_pair();
     let a = Daemon::start_args(
         &ns_a,
         &["--stream-listen", stream_lab::ZCNET_ADDR, "--vnet-hdr-peer"],

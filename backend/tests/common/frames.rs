@@ -78,25 +78,10 @@ impl PacketSock {
 
     /// Sends one frame out of the interface (towards zcnet and the guest).
     pub fn send(&self, bytes: &[u8]) {
-        let sll = sockaddr_ll(self.ifindex);
-        // SAFETY: the buffer and address are valid for the call; the fd is
-        // owned by `self`.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                0,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(
-            n,
-            bytes.len() as isize,
-            "AF_PACKET send: {}",
-            std::io::Error::last_os_error()
-        );
+        match self.try_send(bytes) {
+            Ok(n) => assert_eq!(n, bytes.len(), "AF_PACKET send: short write"),
+            Err(e) => panic!("AF_PACKET send: {e}"),
+        }
     }
 
     /// Sends frames straight to the device, past its qdisc

@@ -31,6 +31,21 @@ impl NetNs {
         ns
     }
 
+    /// Two namespaces joined by a veth with MTU 65535: the first gets
+    /// 10.9.0.1/24 on `va`, the second 10.9.0.2/24 on `vb`.
+    pub fn veth_pair() -> (NetNs, NetNs) {
+        let a = NetNs::new();
+        let b = NetNs::new();
+        a.ip(&[
+            "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b.name,
+        ]);
+        a.ip(&["link", "set", "va", "mtu", "65535", "up"]);
+        a.ip(&["addr", "add", "10.9.0.1/24", "dev", "va"]);
+        b.ip(&["link", "set", "vb", "mtu", "65535", "up"]);
+        b.ip(&["addr", "add", "10.9.0.2/24", "dev", "vb"]);
+        (a, b)
+    }
+
     /// Runs `ip -n NS args...`, panicking with its output on failure.
     pub fn ip(&self, args: &[&str]) -> Output {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))

@@ -34,27 +34,12 @@ pub struct StreamLab {
     pub peer: NetNs,
 }
 
-/// Two namespaces joined by a veth: `a` gets 10.9.0.1 on `va`, `b`
-/// gets 10.9.0.2 on `vb`.
-pub fn veth_pair() -> (NetNs, NetNs) {
-    let a = NetNs::new();
-    let b = NetNs::new();
-    a.ip(&[
-        "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b.name,
-    ]);
-    a.ip(&["link", "set", "va", "mtu", "65535", "up"]);
-    a.ip(&["addr", "add", "10.9.0.1/24", "dev", "va"]);
-    b.ip(&["link", "set", "vb", "mtu", "65535", "up"]);
-    b.ip(&["addr", "add", "10.9.0.2/24", "dev", "vb"]);
-    (a, b)
-}
-
 impl StreamLab {
     /// Starts zcnet as `role` with `extra` arguments. For `Role::Connect`
     /// the returned listener is already listening on `PEER_ADDR`, so the
     /// first attempt connects.
     pub fn new(role: Role, extra: &[&str]) -> (StreamLab, Option<TcpListener>) {
-        let (ns, peer) = veth_pair();
+        let (ns, peer) = NetNs::veth_pair();
         let listener = (role == Role::Connect).then(|| listen(&peer, PEER_ADDR));
         let mut args = match role {
             Role::Connect => vec!["--stream-connect", PEER_ADDR],

@@ -29,24 +29,17 @@ pub enum Path {
 
 impl UdpLab {
     pub fn new(path: Path, extra: &[&str]) -> UdpLab {
-        let ns = NetNs::new();
-        let peer = match path {
+        let (ns, peer) = match path {
             Path::Ifb => {
+                let ns = NetNs::new();
                 ns.ip(&["link", "add", "ifb0", "type", "ifb"]);
                 ns.ip(&["link", "set", "ifb0", "mtu", "65535", "up"]);
                 ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "ifb0"]);
-                None
+                (ns, None)
             }
             Path::Veth => {
-                let peer = NetNs::new();
-                ns.ip(&[
-                    "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &peer.name,
-                ]);
-                ns.ip(&["link", "set", "va", "mtu", "65535", "up"]);
-                ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "va"]);
-                peer.ip(&["link", "set", "vb", "mtu", "65535", "up"]);
-                peer.ip(&["addr", "add", "10.9.0.2/24", "dev", "vb"]);
-                Some(peer)
+                let (ns, peer) = NetNs::veth_pair();
+                (ns, Some(peer))
             }
         };
         let udp = format!("{LOCAL},{REMOTE}");
