@@ -21,6 +21,29 @@ impl From<DrawingAreaErrorKind<std::io::Error>> for ChartError {
     }
 }
 
+/// Draws one labelled series through the medians of `points` (x, spread),
+/// with the repetitions' min..max as vertical error bars.
+pub fn median_line<'a, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    points: &[(f64, Spread)],
+    color: RGBColor,
+    name: &str,
+) -> Result<(), ChartError> {
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().map(|(x, s)| (*x, s.median)),
+            color.stroke_width(2),
+        ))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart.draw_series(
+        points
+            .iter()
+            .map(|(x, s)| ErrorBar::new_vertical(*x, s.min, s.median, s.max, color.filled(), 8)),
+    )?;
+    Ok(())
+}
+
 /// One point: a frame size and the Gbit/s reached.
 struct Point {
     frame_len: f64,
@@ -138,23 +161,8 @@ pub fn draw(path: &Path, summary: &[Summary], subtitle: &str) -> Result<(), Char
         (&p.raw, RED, "raw tap writer (the limit)"),
         (&p.zcnet, BLUE, "zcnet"),
     ] {
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.frame_len, p.gbit.median)),
-                color.stroke_width(2),
-            ))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(points.iter().map(|p| {
-            ErrorBar::new_vertical(
-                p.frame_len,
-                p.gbit.min,
-                p.gbit.median,
-                p.gbit.max,
-                color.filled(),
-                8,
-            )
-        }))?;
+        let points: Vec<(f64, Spread)> = points.iter().map(|p| (p.frame_len, p.gbit)).collect();
+        median_line(&mut chart, &points, color, name)?;
     }
     // Values: the raw limit's above its point (clear of the rising line),
     // zcnet's and the ratio below.

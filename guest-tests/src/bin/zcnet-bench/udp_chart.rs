@@ -8,7 +8,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::chart::ChartError;
+use crate::chart::{median_line, ChartError};
 use crate::report::{sig3, Spread};
 use crate::udp_report::{UdpRow, UdpSummary};
 
@@ -114,23 +114,8 @@ pub fn draw(path: &Path, u: &UdpSummary, subtitle: &str) -> Result<(), ChartErro
             "zero-copy (--zerocopy on --zerocopy-min-bytes 0)",
         ),
     ] {
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.frame_len, p.cpu.median)),
-                color.stroke_width(2),
-            ))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(points.iter().map(|p| {
-            ErrorBar::new_vertical(
-                p.frame_len,
-                p.cpu.min,
-                p.cpu.median,
-                p.cpu.max,
-                color.filled(),
-                8,
-            )
-        }))?;
+        let series: Vec<(f64, Spread)> = points.iter().map(|p| (p.frame_len, p.cpu)).collect();
+        median_line(&mut chart, &series, color, name)?;
         // The lines fall to the right: copy's values above and right of
         // its points, zero-copy's below and left, both clear of the lines.
         let (offset, pos) = if color == RED {
