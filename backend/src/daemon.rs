@@ -68,7 +68,7 @@ pub struct BackendError(vhost_user_backend::Error);
 pub fn run(config: Config) -> Result<(), DaemonError> {
     control::start(config.socket_path.clone())?;
 
-    let attachments = open_attachments(&config)?;
+    let mut attachments = open_attachments(&config)?;
     let offloads = attachments[0].supported_offloads();
 
     let metrics = Arc::new(Metrics::new(config.queue_pairs));
@@ -96,7 +96,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     };
     info!("listening for a vhost-user frontend on {path}");
     loop {
-        serve_one(&spec, &attachments, &metrics, &mut listener)?;
+        attachments = serve_one(&spec, attachments, &metrics, &mut listener)?;
         info!("frontend disconnected; waiting for the next connection on {path}");
     }
 }
@@ -106,7 +106,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 const LEND_CAP: usize = 128;
 
 /// Opens the attachment of every queue pair, once for the daemon's life.
-fn open_attachments(config: &Config) -> Result<Vec<Arc<dyn Attachment>>, DaemonError> {
+fn open_attachments(config: &Config) -> Result<Vec<Box<dyn Attachment>>, DaemonError> {
     match &config.attachment {
         AttachmentConfig::Tap(name) => {
             let taps = Tap::open_queues(name, config.queue_pairs)?;
@@ -115,7 +115,7 @@ fn open_attachments(config: &Config) -> Result<Vec<Arc<dyn Attachment>>, DaemonE
                 config.queue_pairs,
                 taps[0].supported_offloads()
             );
-            Ok(taps.into_iter().map(|t| Arc::new(t) as _).collect())
+            Ok(taps.into_iter().map(|t| Box::new(t) as _).collect())
         }
         AttachmentConfig::Udp {
             local,
@@ -134,7 +134,7 @@ fn open_attachments(config: &Config) -> Result<Vec<Arc<dyn Attachment>>, DaemonE
                 config.zerocopy,
                 config.zerocopy_min_bytes
             );
-            Ok(vec![Arc::new(udp)])
+            Ok(vec![Box::new(udp)])
         }
         AttachmentConfig::StreamConnect { remote, peer_hdr } => {
             open_stream(config, StreamEndpoint::Connect(*remote), *peer_hdr)
@@ -149,7 +149,7 @@ fn open_stream(
     config: &Config,
     endpoint: StreamEndpoint,
     peer_hdr: bool,
-) -> Result<Vec<Arc<dyn Attachment>>, DaemonError> {
+) -> Result<Vec<Box<dyn Attachment>>, DaemonError> {
     let zc = config.zerocopy != ZeroCopyMode::Off;
     let stream = StreamAttachment::open(endpoint, peer_hdr, zc)?;
     let (how, addr) = match endpoint {
@@ -166,16 +166,17 @@ fn open_stream(
         config.zerocopy,
         config.zerocopy_min_bytes
     );
-    Ok(vec![Arc::new(stream)])
+    Ok(vec![Box::new(stream)])
 }
 
-/// Accepts one frontend and serves it until it disconnects.
+/// Accepts one frontend and serves it until it disconnects; the queue
+/// pairs own the attachments meanwhile and hand them back at the end.
 fn serve_one(
     spec: &DeviceSpec,
-    attachments: &[Arc<dyn Attachment>],
+    attachments: Vec<Box<dyn Attachment>>,
     metrics: &Metrics,
     listener: &mut Listener,
-) -> Result<(), DaemonError> {
+) -> Result<Vec<Box<dyn Attachment>>, DaemonError> {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let device = Arc::new(
         NetDevice::new(spec.clone(), attachments, metrics, mem.clone())
@@ -211,7 +212,9 @@ fn serve_one(
     for t in relay {
         let _ = t.join();
     }
-    Ok(())
+    // The workers are gone: the attachments come back for the next one.
+    drop(daemon);
+    Ok(device.take_attachments())
 }
 
 /// Waits for the next frontend on the public socket.

@@ -28,7 +28,7 @@ pub enum QueueError {
 /// One queue pair's view of its resources during one event.
 pub struct Ctx<'a> {
     pub pair: usize,
-    pub attachment: &'a dyn Attachment,
+    pub attachment: &'a mut dyn Attachment,
     pub metrics: &'a QueueMetrics,
     pub features: Negotiated,
     pub guest_log: &'a mut GuestErrorLog,

@@ -37,10 +37,10 @@ pub struct DeviceSpec {
     pub drain: Duration,
 }
 
-/// One connection's device: a fresh one is built for every frontend.
+/// One connection's device: a fresh one is built for every frontend, and
+/// its queue pairs own the attachments until the frontend leaves.
 pub struct NetDevice {
     pairs: Vec<QueuePair>,
-    attachments: Vec<Arc<dyn Attachment>>,
     mem: GuestMemoryAtomic<Mem>,
     spec: DeviceSpec,
     config: NetConfigSpace,
@@ -48,26 +48,36 @@ pub struct NetDevice {
 }
 
 impl NetDevice {
+    /// A device whose pair `i` owns `attachments[i]`. On error the
+    /// attachments are lost: the caller treats it as fatal.
     pub fn new(
         spec: DeviceSpec,
-        attachments: &[Arc<dyn Attachment>],
+        attachments: Vec<Box<dyn Attachment>>,
         metrics: &Metrics,
         mem: GuestMemoryAtomic<Mem>,
     ) -> io::Result<Self> {
         let pairs = attachments
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, a)| QueuePair::new(i, a.clone(), metrics.queue(i), spec.lend, spec.drain))
+            .map(|(i, a)| QueuePair::new(i, a, metrics.queue(i), spec.lend, spec.drain))
             .collect::<io::Result<Vec<_>>>()?;
         let config = NetConfigSpace::new(spec.mac, pairs.len() as u16, spec.mtu.unwrap_or(0));
         Ok(NetDevice {
             offered: features::offered(spec.offloads, spec.mtu.is_some()),
             pairs,
-            attachments: attachments.to_vec(),
             mem,
             spec,
             config,
         })
+    }
+
+    /// Hands every pair's attachment back, in pair order (call once the
+    /// workers have stopped).
+    pub fn take_attachments(&self) -> Vec<Box<dyn Attachment>> {
+        self.pairs
+            .iter()
+            .filter_map(QueuePair::take_attachment)
+            .collect()
     }
 
     pub fn queue_pairs(&self) -> usize {
@@ -111,15 +121,6 @@ impl VhostUserBackend for NetDevice {
 
     fn acked_features(&self, bits: u64) {
         let features = Negotiated { bits };
-        let offloads = features.rx_offloads();
-        for (i, a) in self.attachments.iter().enumerate() {
-            if let Err(e) = a.set_vnet_hdr_len(features.hdr_len()) {
-                warn!("queue pair {i}: cannot set the vnet header length: {e}");
-            }
-            if let Err(e) = a.set_offloads(offloads) {
-                warn!("queue pair {i}: cannot set receive offloads {offloads:?}: {e}");
-            }
-        }
         for pair in &self.pairs {
             pair.set_features(features);
         }
@@ -127,7 +128,7 @@ impl VhostUserBackend for NetDevice {
             "features negotiated: {bits:#x} (header {} bytes, mergeable RX {}, RX offloads {:?})",
             features.hdr_len(),
             features.mergeable_rx(),
-            offloads
+            features.rx_offloads()
         );
     }
 

@@ -5,7 +5,8 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use zcnet_tap::Offloads;
+use zcnet_tap::vnet_hdr::{HDR_LEN_LEGACY, HDR_LEN_V1};
+use zcnet_tap::{GuestConfig, Offloads};
 
 const fn bit(b: u32) -> u64 {
     1 << b
@@ -23,11 +24,6 @@ const BASE: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_NET_F_STATUS)
     | bit(VIRTIO_NET_F_MAC)
     | bit(VIRTIO_NET_F_MQ);
-
-/// The header length with VERSION_1 or MRG_RXBUF (`virtio_net_hdr_v1`).
-pub const HDR_LEN_V1: usize = 12;
-/// The legacy header length without either (`virtio_net_hdr`).
-pub const HDR_LEN_LEGACY: usize = 10;
 
 /// The virtio feature bits offered to the frontend, given what the tap
 /// accepts (`tap`) and whether the device has an MTU to report.
@@ -106,20 +102,25 @@ impl Negotiated {
         }
     }
 
-    /// Whether the guest may send GSO type `gso_type` (ECN bit cleared).
-    pub fn tx_gso_allowed(&self, gso_type: u8) -> bool {
-        match u32::from(gso_type) {
-            VIRTIO_NET_HDR_GSO_TCPV4 => self.has(VIRTIO_NET_F_HOST_TSO4),
-            VIRTIO_NET_HDR_GSO_TCPV6 => self.has(VIRTIO_NET_F_HOST_TSO6),
-            VIRTIO_NET_HDR_GSO_UDP => self.has(VIRTIO_NET_F_HOST_UFO),
-            VIRTIO_NET_HDR_GSO_UDP_L4 => self.has(VIRTIO_NET_F_HOST_USO),
-            _ => false,
+    /// The offloads the guest may use on TX (HOST_* features and CSUM).
+    pub fn tx_offloads(&self) -> Offloads {
+        Offloads {
+            csum: self.has(VIRTIO_NET_F_CSUM),
+            tso4: self.has(VIRTIO_NET_F_HOST_TSO4),
+            tso6: self.has(VIRTIO_NET_F_HOST_TSO6),
+            tso_ecn: self.has(VIRTIO_NET_F_HOST_ECN),
+            ufo: self.has(VIRTIO_NET_F_HOST_UFO),
+            uso4: self.has(VIRTIO_NET_F_HOST_USO),
+            uso6: self.has(VIRTIO_NET_F_HOST_USO),
         }
     }
 
-    /// Whether the guest may set the ECN bit on a GSO frame.
-    pub fn tx_ecn_allowed(&self) -> bool {
-        self.has(VIRTIO_NET_F_HOST_ECN)
+    /// What the attachment must follow for this guest.
+    pub fn guest_config(&self) -> GuestConfig {
+        GuestConfig {
+            hdr_len: self.hdr_len(),
+            rx_offloads: self.rx_offloads(),
+        }
     }
 }
 
@@ -171,11 +172,12 @@ mod tests {
         let o = n.rx_offloads();
         assert!(o.csum && o.tso4 && !o.tso6 && !o.ufo);
         // Guest RX offloads say nothing about what the guest may send.
-        assert!(!n.tx_gso_allowed(VIRTIO_NET_HDR_GSO_TCPV4 as u8));
+        assert_eq!(n.tx_offloads(), Offloads::default());
         let host = Negotiated {
-            bits: bit(VIRTIO_NET_F_HOST_TSO4),
+            bits: bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_CSUM),
         };
-        assert!(host.tx_gso_allowed(VIRTIO_NET_HDR_GSO_TCPV4 as u8));
-        assert!(!host.tx_gso_allowed(VIRTIO_NET_HDR_GSO_TCPV6 as u8));
+        let tx = host.tx_offloads();
+        assert!(tx.csum && tx.tso4 && !tx.tso6 && !tx.ufo);
+        assert_eq!(host.rx_offloads(), Offloads::default());
     }
 }

@@ -12,13 +12,17 @@ use std::ops::Deref;
 use thiserror::Error;
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use zcnet_tap::vnet_hdr::VnetHdr;
+use zcnet_tap::{RxBuffers, TxFrame};
 
 /// The guest memory map zcnet works on (no dirty-page bitmap: zcnet does
 /// not offer LOG_SHMFD, so live migration is refused by the frontend).
 pub type Mem = GuestMemoryMmap<()>;
 
-/// The most segments a single frame may have: the kernel's IOV_MAX.
-pub const MAX_SEGMENTS: usize = 1024;
+/// The most memory segments a chain may have: the kernel's IOV_MAX
+/// (1024) less the one iovec an attachment adds (a header on TX, the
+/// overflow room on RX).
+pub const MAX_SEGMENTS: usize = 1023;
 
 /// Why a chain cannot be used. The chain goes back with length 0.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -36,6 +40,8 @@ pub enum ChainError {
     },
     #[error("chain is broken: a loop, longer than the queue, or a bad indirect table")]
     Broken,
+    #[error("chain has more than {max} descriptors, the queue size (an indirect table counts)")]
+    TooManyDescriptors { max: usize },
     #[error("chain has no descriptors")]
     Empty,
     #[error("chain has more than {MAX_SEGMENTS} memory segments")]
@@ -68,11 +74,14 @@ impl Direction {
 ///
 /// The iovecs are only valid while the memory snapshot passed to
 /// [`GuestIoVecs::push_chain`] is alive; the datapath keeps both in one
-/// scope and clears the list before the snapshot is dropped.
+/// scope and clears the list before the snapshot is dropped. What leaves
+/// this module is a [`TxFrame`] or [`RxBuffers`], which borrow both.
 #[derive(Default)]
 pub struct GuestIoVecs {
     iov: Vec<libc::iovec>,
     len: usize,
+    /// The snapshot the iovecs were built from (identity only).
+    mem: usize,
 }
 
 // SAFETY: the raw pointers are plain addresses into guest memory, which is
@@ -86,12 +95,14 @@ impl GuestIoVecs {
         Self {
             iov: Vec::with_capacity(64),
             len: 0,
+            mem: 0,
         }
     }
 
     pub fn clear(&mut self) {
         self.iov.clear();
         self.len = 0;
+        self.mem = 0;
     }
 
     /// Total bytes described.
@@ -113,8 +124,10 @@ impl GuestIoVecs {
     }
 
     /// Appends every descriptor of `chain`, which must all flow in
-    /// `direction` and hold between `min_len` and `max_len` bytes. Returns
-    /// the chain's byte length. On error the list is left as it was.
+    /// `direction`, hold between `min_len` and `max_len` bytes and count at
+    /// most `max_descriptors` descriptors (the queue size: virtio 1.x,
+    /// 2.7.5.3.1, bounds a chain by it, indirect or not). Returns the
+    /// chain's byte length. On error the list is left as it was.
     pub fn push_chain<M>(
         &mut self,
         chain: DescriptorChain<M>,
@@ -122,14 +135,26 @@ impl GuestIoVecs {
         direction: Direction,
         min_len: usize,
         max_len: usize,
+        max_descriptors: usize,
     ) -> Result<usize, ChainError>
     where
         M: Deref,
         M::Target: vm_memory::GuestMemory,
     {
+        let id = mem as *const Mem as usize;
+        assert!(
+            self.iov.is_empty() || self.mem == id,
+            "GuestIoVecs mixes two guest-memory snapshots"
+        );
+        self.mem = id;
         let (old_segments, old_len) = (self.iov.len(), self.len);
-        let mut result =
-            self.push_descriptors(chain, mem, direction, old_len.saturating_add(max_len));
+        let mut result = self.push_descriptors(
+            chain,
+            mem,
+            direction,
+            old_len.saturating_add(max_len),
+            max_descriptors,
+        );
         let len = self.len - old_len;
         if result.is_ok() && len < min_len {
             result = Err(ChainError::TooShort { len, min: min_len });
@@ -154,6 +179,7 @@ impl GuestIoVecs {
         mem: &Mem,
         direction: Direction,
         max_len: usize,
+        max_descriptors: usize,
     ) -> Result<(), ChainError>
     where
         M: Deref,
@@ -161,9 +187,16 @@ impl GuestIoVecs {
     {
         // The chain iterator stops early, without saying why, on a loop, a
         // chain longer than the queue, or a bad indirect table. A chain is
-        // whole only if its last descriptor has no NEXT flag.
+        // whole only if its last descriptor has no NEXT flag. It bounds an
+        // indirect table by the table's own length, not the queue's, so
+        // the count is checked here.
         let mut last_has_next = None;
-        for desc in chain {
+        for (count, desc) in chain.enumerate() {
+            if count == max_descriptors {
+                return Err(ChainError::TooManyDescriptors {
+                    max: max_descriptors,
+                });
+            }
             last_has_next = Some(desc.has_next());
             let (addr, len) = (desc.addr().0, desc.len());
             let wanted_write = direction == Direction::Writable;
@@ -206,6 +239,54 @@ impl GuestIoVecs {
             Some(true) => Err(ChainError::Broken),
             Some(false) => Ok(()),
         }
+    }
+
+    /// The chain as a TX frame for an attachment: the first `hdr_len`
+    /// bytes (the guest's virtio-net header, already read and validated
+    /// into `hdr`) are dropped from the iovecs, and a spare slot is put in
+    /// front for the attachment's own header. The frame borrows `self` and
+    /// `mem`, the snapshot the iovecs were built from, so neither can go
+    /// away while an attachment holds it.
+    pub fn tx_frame<'a>(&'a mut self, mem: &'a Mem, hdr_len: usize, hdr: VnetHdr) -> TxFrame<'a> {
+        assert!(
+            self.mem == mem as *const Mem as usize,
+            "a TX frame from another guest-memory snapshot"
+        );
+        // Drop the header's bytes: whole iovecs, then part of one.
+        let mut skip = hdr_len.min(self.len);
+        let mut whole = 0;
+        while whole < self.iov.len() && skip >= self.iov[whole].iov_len {
+            skip -= self.iov[whole].iov_len;
+            whole += 1;
+        }
+        if whole < self.iov.len() {
+            let v = &mut self.iov[whole];
+            // Pointer arithmetic only: `skip < iov_len`, so the result
+            // stays inside the described range.
+            v.iov_base = v.iov_base.wrapping_byte_add(skip);
+            v.iov_len -= skip;
+        }
+        // The spare slot: the last iovec the header used up, or a new one
+        // in front (no allocation once the list has grown).
+        let start = if whole > 0 {
+            whole - 1
+        } else {
+            self.iov.insert(
+                0,
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+            );
+            0
+        };
+        self.len -= hdr_len.min(self.len);
+        // SAFETY: every iovec past `start` was built by `push_chain` from
+        // device-readable descriptors, bounds-checked against `mem` (the
+        // assert above), which the frame borrows: the mapping stays in
+        // place as long as the frame lives. No Rust reference points into
+        // guest memory.
+        unsafe { TxFrame::new(hdr, &mut self.iov[start..]) }
     }
 
     /// Copies up to `out.len()` bytes from the start of the described
@@ -256,31 +337,62 @@ impl GuestIoVecs {
     }
 }
 
-/// The iovecs of one RX read: the guest's buffers, then one overflow
-/// byte owned here. A read that reaches the overflow byte carried a frame
+/// The iovecs of one RX read: the guest's buffers, then overflow room
+/// owned here. A read that reaches the overflow room carried a frame
 /// larger than the guest's buffers (tun returns what it copied, not the
-/// frame's length), so the frame can be dropped instead of delivered cut.
-#[derive(Default)]
+/// frame's length), so the frame is never delivered cut short.
 pub struct ReadIoVecs {
     iov: Vec<libc::iovec>,
-    overflow: Box<[u8; 1]>,
+    overflow: Box<[u8]>,
 }
 
-// SAFETY: the raw pointers are rebuilt by `with_overflow` for every read
-// and used only during it: the guest ones under the same rules as
+// SAFETY: the raw pointers are rebuilt by `buffers` for every read and
+// used only during it: the guest ones under the same rules as
 // `GuestIoVecs`, the last one into `overflow`, which this struct owns.
 unsafe impl Send for ReadIoVecs {}
 
 impl ReadIoVecs {
-    /// `guest` followed by the overflow byte.
-    pub fn with_overflow(&mut self, guest: &[libc::iovec]) -> &[libc::iovec] {
+    /// With `overflow` bytes of room after the guest's buffers.
+    pub fn new(overflow: usize) -> Self {
+        ReadIoVecs {
+            iov: Vec::with_capacity(64),
+            overflow: vec![0u8; overflow].into_boxed_slice(),
+        }
+    }
+
+    /// RX buffers of the first `segments` iovecs of `guest` (`guest_len`
+    /// bytes, built from `mem`), then the overflow room. They borrow
+    /// `guest` and `mem`, so neither can go away while an attachment
+    /// writes into them.
+    pub fn buffers<'a>(
+        &'a mut self,
+        guest: &'a GuestIoVecs,
+        segments: usize,
+        guest_len: usize,
+        mem: &'a Mem,
+    ) -> RxBuffers<'a> {
+        assert!(
+            guest.mem == mem as *const Mem as usize,
+            "RX buffers from another guest-memory snapshot"
+        );
         self.iov.clear();
-        self.iov.extend_from_slice(guest);
+        self.iov.extend_from_slice(&guest.iov[..segments]);
         self.iov.push(libc::iovec {
             iov_base: self.overflow.as_mut_ptr().cast(),
-            iov_len: 1,
+            iov_len: self.overflow.len(),
         });
-        &self.iov
+        // SAFETY: the guest iovecs were built by `push_chain` from
+        // device-writable descriptors, bounds-checked against `mem`, which
+        // the buffers borrow (the mapping stays in place); the guest does
+        // not touch a buffer it posted until the used ring returns it, and
+        // no Rust reference points into guest memory. The last iovec is
+        // `overflow`, owned by `self` and borrowed mutably for `'a`.
+        unsafe { RxBuffers::new(&mut self.iov, guest_len) }
+    }
+
+    /// The overflow room's bytes (after a read that reached it).
+    pub fn overflow(&self) -> &[u8] {
+        &self.overflow
     }
 }
 
@@ -311,7 +423,7 @@ mod tests {
             .unwrap();
         let mut iov = GuestIoVecs::new();
         assert_eq!(
-            iov.push_chain(chain, &m, Direction::Readable, 0, 100),
+            iov.push_chain(chain, &m, Direction::Readable, 0, 100, 16),
             Ok(11)
         );
         let mut out = [0u8; 11];
@@ -331,7 +443,7 @@ mod tests {
             .unwrap();
         let mut iov = GuestIoVecs::new();
         let err = iov
-            .push_chain(chain, &m, Direction::Readable, 0, 100)
+            .push_chain(chain, &m, Direction::Readable, 0, 100, 16)
             .unwrap_err();
         assert!(matches!(err, ChainError::WrongDirection { .. }), "{err}");
         assert!(iov.is_empty() && iov.as_slice().is_empty());
@@ -344,7 +456,7 @@ mod tests {
         let chain = q.build_desc_chain(&[desc(0xff000, 0x2000, 0, 0)]).unwrap();
         let mut iov = GuestIoVecs::new();
         assert_eq!(
-            iov.push_chain(chain, &m, Direction::Readable, 0, 1 << 20),
+            iov.push_chain(chain, &m, Direction::Readable, 0, 1 << 20, 16),
             Err(ChainError::OutOfMemory {
                 addr: 0xff000,
                 len: 0x2000
@@ -370,7 +482,7 @@ mod tests {
         let chain = queue.pop_descriptor_chain(&m).unwrap();
         let mut iov = GuestIoVecs::new();
         assert_eq!(
-            iov.push_chain(chain, &m, Direction::Readable, 0, 1 << 20),
+            iov.push_chain(chain, &m, Direction::Readable, 0, 1 << 20, 16),
             Err(ChainError::Broken)
         );
     }
@@ -382,7 +494,7 @@ mod tests {
         let chain = q.build_desc_chain(&[desc(0x8000, 0x9000, 0, 0)]).unwrap();
         let mut iov = GuestIoVecs::new();
         assert!(matches!(
-            iov.push_chain(chain, &m, Direction::Readable, 0, 0x8000),
+            iov.push_chain(chain, &m, Direction::Readable, 0, 0x8000, 16),
             Err(ChainError::TooLong { .. })
         ));
     }
@@ -394,7 +506,7 @@ mod tests {
         let chain = q.build_desc_chain(&[desc(0x8000, 8, 0, 0)]).unwrap();
         let mut iov = GuestIoVecs::new();
         assert_eq!(
-            iov.push_chain(chain, &m, Direction::Readable, 12, 100),
+            iov.push_chain(chain, &m, Direction::Readable, 12, 100, 16),
             Err(ChainError::TooShort { len: 8, min: 12 })
         );
         assert_eq!(iov.segments(), 0);
@@ -411,7 +523,7 @@ mod tests {
             ])
             .unwrap();
         let mut iov = GuestIoVecs::new();
-        iov.push_chain(chain, &m, Direction::Writable, 0, 1 << 20)
+        iov.push_chain(chain, &m, Direction::Writable, 0, 1 << 20, 16)
             .unwrap();
         assert!(iov.write_at(10, &[0xaa, 0xbb]));
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x800a)).unwrap(), 0xaa);

@@ -21,4 +21,3 @@ pub mod metrics;
 mod queue_pair;
 mod rx;
 mod tx;
-mod vnet_hdr;

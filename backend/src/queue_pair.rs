@@ -1,12 +1,13 @@
-//! A queue pair: one RX and one TX virtqueue, the attachment fd they carry
+//! A queue pair: one RX and one TX virtqueue, the attachment they carry
 //! frames through, and the per-connection state of both directions. Each
 //! pair has its own worker thread and its own lock, so pairs run in
-//! parallel.
+//! parallel. The pair owns its attachment for the life of a frontend
+//! connection: it configures it when features are set and hands it back
+//! to the daemon when the frontend leaves.
 
 use std::io;
-use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, MutexGuard};
-
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -51,20 +52,29 @@ impl PairEvent {
     }
 }
 
-struct PairState {
+/// What the datapath reaches through a [`Ctx`].
+struct PairIo {
+    /// `None` once handed back to the daemon (the workers have stopped).
+    attachment: Option<Box<dyn Attachment>>,
     features: Negotiated,
+    guest_log: GuestErrorLog,
+    host_log: GuestErrorLog,
+}
+
+struct PairState {
+    io: PairIo,
     tx: TxState,
     /// The TX vring, kept from the first event so GET_VRING_BASE can
     /// return drained chains (it comes from the frontend's thread).
     tx_vring: Option<Vring>,
     rx: RxState,
-    guest_log: GuestErrorLog,
-    host_log: GuestErrorLog,
 }
 
 pub struct QueuePair {
     index: usize,
-    attachment: Arc<dyn Attachment>,
+    /// The attachment's fd, for the worker's epoll set (the attachment
+    /// keeps it open while the pair owns it).
+    attachment_fd: RawFd,
     metrics: QueueMetrics,
     /// Wakes the worker again when RX stopped on its budget.
     rx_resume: EventFd,
@@ -76,25 +86,41 @@ pub struct QueuePair {
 impl QueuePair {
     pub fn new(
         index: usize,
-        attachment: Arc<dyn Attachment>,
+        attachment: Box<dyn Attachment>,
         metrics: QueueMetrics,
         lend: LendPolicy,
         drain: Duration,
     ) -> io::Result<Self> {
         Ok(QueuePair {
             index,
-            attachment,
+            attachment_fd: attachment.fd().as_raw_fd(),
             metrics,
             rx_resume: EventFd::new(EFD_NONBLOCK)?,
             drain,
             state: Mutex::new(PairState {
-                features: Negotiated::default(),
+                io: PairIo {
+                    attachment: Some(attachment),
+                    features: Negotiated::default(),
+                    guest_log: GuestErrorLog::default(),
+                    host_log: GuestErrorLog::default(),
+                },
                 tx: TxState::new(lend),
                 tx_vring: None,
                 rx: RxState::new(),
-                guest_log: GuestErrorLog::default(),
-                host_log: GuestErrorLog::default(),
             }),
+        })
+    }
+
+    /// The pair's view of its resources for one event; `None` once the
+    /// attachment was handed back.
+    fn ctx<'a>(&'a self, io: &'a mut PairIo) -> Option<Ctx<'a>> {
+        Some(Ctx {
+            pair: self.index,
+            attachment: io.attachment.as_deref_mut()?,
+            metrics: &self.metrics,
+            features: io.features,
+            guest_log: &mut io.guest_log,
+            host_log: &mut io.host_log,
         })
     }
 
@@ -114,7 +140,7 @@ impl QueuePair {
     ) -> io::Result<()> {
         let base = num_queues as u64;
         worker.register_listener(
-            self.attachment.fd().as_raw_fd(),
+            self.attachment_fd,
             EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
             base + ATTACHMENT_EVENT,
         )?;
@@ -133,7 +159,7 @@ impl QueuePair {
     ) {
         let base = num_queues as u64;
         let _ = worker.unregister_listener(
-            self.attachment.fd().as_raw_fd(),
+            self.attachment_fd,
             EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
             base + ATTACHMENT_EVENT,
         );
@@ -144,25 +170,41 @@ impl QueuePair {
         );
     }
 
+    /// The guest's features (SET_FEATURES): the datapath follows them,
+    /// and so does the attachment.
     pub fn set_features(&self, features: Negotiated) {
-        self.lock().features = features;
+        let mut st = self.lock();
+        st.io.features = features;
+        if let Some(a) = st.io.attachment.as_mut() {
+            let config = features.guest_config();
+            if let Err(e) = a.configure(config) {
+                warn!(
+                    "queue pair {}: the attachment refused {config:?}: {e}",
+                    self.index
+                );
+            }
+        }
     }
 
-    /// The pair's view of its resources for one event.
-    fn ctx<'a>(
-        &'a self,
-        features: Negotiated,
-        guest_log: &'a mut GuestErrorLog,
-        host_log: &'a mut GuestErrorLog,
-    ) -> Ctx<'a> {
-        Ctx {
-            pair: self.index,
-            attachment: &*self.attachment,
-            metrics: &self.metrics,
-            features,
-            guest_log,
-            host_log,
+    /// The guest enabled or disabled this pair (SET_VRING_ENABLE of its
+    /// RX queue): the attachment takes frames only for enabled pairs.
+    #[allow(dead_code)] // called from the frontend relay's interception, next
+    pub fn set_enabled(&self, enabled: bool) {
+        if let Some(a) = self.lock().io.attachment.as_mut() {
+            if let Err(e) = a.set_enabled(enabled) {
+                warn!(
+                    "queue pair {}: cannot {} the attachment's queue: {e}",
+                    self.index,
+                    if enabled { "attach" } else { "detach" }
+                );
+            }
         }
+    }
+
+    /// Hands the attachment back (the frontend left and the workers have
+    /// stopped); `None` if it was already.
+    pub fn take_attachment(&self) -> Option<Box<dyn Attachment>> {
+        self.lock().io.attachment.take()
     }
 
     /// Handles one event. Guest mistakes are counted and logged; they never
@@ -173,7 +215,9 @@ impl QueuePair {
         if st.tx_vring.is_none() {
             st.tx_vring = Some(tx_vring.clone());
         }
-        let mut ctx = self.ctx(st.features, &mut st.guest_log, &mut st.host_log);
+        let Some(mut ctx) = self.ctx(&mut st.io) else {
+            return;
+        };
         let (mut run_rx, mut run_tx, mut reap) = (false, false, false);
         match event {
             PairEvent::RxKick => run_rx = true,
@@ -186,7 +230,7 @@ impl QueuePair {
                 // Zero-copy notifications raise EPOLLERR. An attachment
                 // whose fd stands for others (an epoll set) says itself
                 // what became possible.
-                let ready = self.attachment.ready(Readiness {
+                let ready = ctx.attachment.ready(Readiness {
                     readable: evset.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP),
                     writable: evset.contains(EventSet::OUT),
                     notified: evset.contains(EventSet::ERROR),
@@ -229,6 +273,12 @@ impl QueuePair {
         let mut guard = self.lock();
         let st = &mut *guard;
         if queue.is_multiple_of(2) {
+            if st.rx.drop_held() {
+                // Its chains went back to the avail ring when it was held,
+                // so the base the frontend gets covers none of them.
+                self.metrics.rx_dropped.inc();
+                info!("queue {queue} stopped with a frame held for want of room: dropped");
+            }
             info!("queue {queue} stopped by frontend (GET_VRING_BASE)");
             return;
         }
@@ -240,8 +290,7 @@ impl QueuePair {
                 self.drain
             );
         }
-        if let Some(vring) = st.tx_vring.clone() {
-            let mut ctx = self.ctx(st.features, &mut st.guest_log, &mut st.host_log);
+        if let (Some(vring), Some(mut ctx)) = (st.tx_vring.clone(), self.ctx(&mut st.io)) {
             let mut vs = vring.get_mut();
             let mut used = false;
             loop {
@@ -256,7 +305,7 @@ impl QueuePair {
                 if st.tx.lending.lent() == 0 || now >= deadline {
                     break;
                 }
-                self.attachment.wait_notifications(deadline - now);
+                ctx.attachment.wait_notifications(deadline - now);
             }
             if used {
                 let _ = vs.signal_used_queue();

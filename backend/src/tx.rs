@@ -17,20 +17,15 @@ use std::io;
 use log::debug;
 use vhost_user_backend::VringT;
 use virtio_queue::{QueueOwnedT, QueueT};
+use zcnet_tap::vnet_hdr::{VnetHdr, MAX_FRAME_LEN, MIN_FRAME_LEN};
 use zcnet_tap::{Completion, SendMode, Sent};
 
 use crate::datapath::{Ctx, QueueError, VState, Vring};
 use crate::iovec::{Direction, GuestIoVecs, Mem};
 use crate::lending::{LendPolicy, Lending};
-use crate::vnet_hdr::VnetHdr;
 
-/// The largest frame accepted after the virtio-net header: 64 KiB of GSO
-/// payload and headers plus an Ethernet header and a VLAN tag.
-pub const MAX_FRAME_LEN: usize = 65536 + 14 + 4;
 /// Chains handled between two looks at whether the guest wants a call.
 const SIGNAL_BATCH: usize = 64;
-/// The shortest frame: an Ethernet header.
-pub const MIN_FRAME_LEN: usize = 14;
 
 /// Per-connection TX state of one queue pair.
 pub struct TxState {
@@ -143,8 +138,9 @@ pub fn process(
                 Direction::Readable,
                 ctx.hdr_len() + MIN_FRAME_LEN,
                 ctx.hdr_len() + MAX_FRAME_LEN,
+                usize::from(ring_size),
             ) {
-                Ok(_) => send(ctx, &mut st.lending, ring_size, &st.iov),
+                Ok(_) => send(ctx, &mut st.lending, ring_size, &mut st.iov, mem),
                 Err(e) => {
                     ctx.guest_error(format_args!("TX chain {head}: {e}"));
                     Outcome::Malformed
@@ -220,27 +216,38 @@ fn add_used(vs: &mut VState, head: u16) -> Result<(), QueueError> {
     vs.add_used(head, 0).map_err(QueueError::Queue)
 }
 
-fn send(ctx: &mut Ctx<'_>, lending: &mut Lending, ring_size: u16, iov: &GuestIoVecs) -> Outcome {
+fn send(
+    ctx: &mut Ctx<'_>,
+    lending: &mut Lending,
+    ring_size: u16,
+    iov: &mut GuestIoVecs,
+    mem: &Mem,
+) -> Outcome {
     let hdr_len = ctx.hdr_len();
     let frame_len = iov.len() - hdr_len;
-    let mut raw = [0u8; VnetHdr::LEN];
+    let mut raw = [0u8; VnetHdr::FIELDS_LEN];
     iov.read_prefix(&mut raw);
-    let hdr = VnetHdr::parse(&raw);
-    if let Err(e) = hdr.validate(frame_len, &ctx.features) {
-        ctx.guest_error(format_args!("TX header: {e}"));
-        return Outcome::Malformed;
-    }
+    // The header is checked (and normalised) from this copy; the guest
+    // cannot change what zcnet hands on after the check.
+    let hdr = match VnetHdr::parse(&raw).validate(frame_len, &ctx.features.tx_offloads()) {
+        Ok(h) => h,
+        Err(e) => {
+            ctx.guest_error(format_args!("TX header: {e}"));
+            return Outcome::Malformed;
+        }
+    };
     let (mode, reason) = if ctx.attachment.can_lend() {
         lending.choose(frame_len, ring_size)
     } else {
         (SendMode::Copy, None)
     };
+    let mut frame = iov.tx_frame(mem, hdr_len, hdr);
     // With SendMode::Lend the kernel reads the guest's pages after this
     // call returns. The guest can rewrite the buffer meanwhile (it owns
     // it); that corrupts only its own frame on the wire: the header was
     // validated from a copy above and the kernel parses what it sends
     // again, so no host state depends on those bytes.
-    match ctx.attachment.send(iov.as_slice(), mode) {
+    match ctx.attachment.send(&mut frame, mode) {
         Ok(Sent::Copied) => {
             if reason.is_some() || mode == SendMode::Lend {
                 ctx.metrics.zc_copy_fallbacks.inc();
@@ -253,11 +260,10 @@ fn send(ctx: &mut Ctx<'_>, lending: &mut Lending, ring_size: u16, iov: &GuestIoV
             bytes: frame_len,
         },
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Outcome::WouldBlock,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            ctx.guest_error(format_args!("the kernel refused a TX frame: {e}"));
-            Outcome::Malformed
-        }
         Err(e) => {
+            // The header zcnet wrote is one the host accepts, so a refusal
+            // is the host's (tap down, peer gone, a frame the kernel will
+            // not take), not the guest's: counted as a drop.
             debug!("queue pair {}: TX frame dropped: {e}", ctx.pair);
             ctx.host_error(format_args!("TX frame dropped: {e}"));
             Outcome::Dropped

@@ -1,9 +1,13 @@
-//! The interface between a queue pair and the host side it carries frames to.
+//! The interface between a queue pair and the host side it carries frames
+//! to. Each queue pair owns one attachment (`&mut self` everywhere): only
+//! that pair's worker calls it, or the frontend's thread while it holds
+//! the pair's lock.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
+use crate::frame::{RxBuffers, TxFrame};
 use crate::Offloads;
 
 /// What became of a frame handed to [`Attachment::send`].
@@ -49,22 +53,40 @@ pub struct Readiness {
     pub notified: bool,
 }
 
-/// A host attachment: where guest TX frames go and guest RX frames come from.
+/// What the guest negotiated that the attachment must follow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// Length of the virtio-net header before every frame in guest
+    /// buffers (10 or 12 bytes).
+    pub hdr_len: usize,
+    /// What the attachment may deliver to the guest on RX (GUEST_*).
+    pub rx_offloads: Offloads,
+}
+
+/// A host attachment: where guest TX frames go and guest RX frames come
+/// from.
 ///
-/// Each queue pair owns one attachment. It is handed iovecs that point
-/// into guest memory, and copies no frame in user space, with one
-/// exception: the TCP stream's RX, which must find record boundaries in a
-/// byte stream (see `stream`).
-pub trait Attachment: Send + Sync {
+/// Frames cross as [`TxFrame`] and [`RxBuffers`], borrowed from guest
+/// memory for one call. An attachment copies no frame in user space, with
+/// one exception: the TCP stream's RX, which must find record boundaries in
+/// a byte stream (see `stream`). It allocates nothing per frame.
+pub trait Attachment: Send {
     /// The fd the queue pair's worker polls for readiness.
     fn fd(&self) -> BorrowedFd<'_>;
 
-    /// Sends one frame, gathered from `iov`. The first bytes are the
-    /// virtio-net header when the attachment carries one.
+    /// Sends one frame. The attachment puts on the wire whatever header
+    /// it carries (the tap: the frame's normalised virtio-net header).
     ///
     /// `Err(WouldBlock)` means nothing was sent and the caller should wait
-    /// for the fd to become writable.
-    fn send(&self, iov: &[libc::iovec], mode: SendMode) -> io::Result<Sent>;
+    /// for the fd to become writable. Other errors drop the frame.
+    fn send(&mut self, frame: &mut TxFrame<'_>, mode: SendMode) -> io::Result<Sent>;
+
+    /// Receives one frame into `bufs`, behind a virtio-net header of the
+    /// configured length that the attachment writes too; returns header
+    /// plus frame bytes. A result above `bufs.guest_len()` means the frame
+    /// reached the overflow room or (sockets) was longer than the room;
+    /// the caller decides.
+    fn recv(&mut self, bufs: &mut RxBuffers<'_>) -> io::Result<usize>;
 
     /// Whether [`SendMode::Lend`] can ever lend pages.
     fn can_lend(&self) -> bool {
@@ -73,7 +95,7 @@ pub trait Attachment: Send + Sync {
 
     /// Appends the zero-copy notifications the kernel has queued (never
     /// blocks).
-    fn reap(&self, _out: &mut Vec<Completion>) -> io::Result<()> {
+    fn reap(&mut self, _out: &mut Vec<Completion>) -> io::Result<()> {
         Ok(())
     }
 
@@ -82,17 +104,17 @@ pub trait Attachment: Send + Sync {
     ///
     /// An attachment whose fd is the very socket or tap it moves frames
     /// through returns `polled` unchanged (the default). One whose fd only
-    /// stands for other fds (the TCP stream attachment's epoll set, which
-    /// reports nothing but "readable") does its own housekeeping here and
-    /// says what may have become possible.
-    fn ready(&self, polled: Readiness) -> Readiness {
+    /// stands for other fds (an epoll set of its own, which reports nothing
+    /// but "readable") does its own housekeeping here and says what may
+    /// have become possible.
+    fn ready(&mut self, polled: Readiness) -> Readiness {
         polled
     }
 
     /// Blocks at most `timeout`, returning early when zero-copy
     /// notifications may be waiting (used while a stopping queue drains
     /// its lent chains).
-    fn wait_notifications(&self, timeout: Duration) {
+    fn wait_notifications(&mut self, timeout: Duration) {
         // Notifications raise POLLERR, which poll reports unasked.
         let mut pfd = libc::pollfd {
             fd: self.fd().as_raw_fd(),
@@ -108,17 +130,14 @@ pub trait Attachment: Send + Sync {
     /// The offloads this attachment can carry in both directions.
     fn supported_offloads(&self) -> Offloads;
 
-    /// Receives one frame, scattered into `iov`; returns its length.
-    ///
-    /// # Safety
-    /// Every iovec must describe memory that is mapped, writable, and not
-    /// referenced by any Rust reference for the duration of the call.
-    unsafe fn recv(&self, iov: &[libc::iovec]) -> io::Result<usize>;
+    /// Follows what a guest negotiated (called on every SET_FEATURES).
+    fn configure(&mut self, guest: GuestConfig) -> io::Result<()>;
 
-    /// Sets the length of the virtio-net header that precedes every frame
-    /// in both directions (10 or 12 bytes).
-    fn set_vnet_hdr_len(&self, len: usize) -> io::Result<()>;
-
-    /// Sets what the attachment may deliver to the guest.
-    fn set_offloads(&self, offloads: Offloads) -> io::Result<()>;
+    /// The guest enabled or disabled the queue pair this attachment
+    /// serves (SET_VRING_ENABLE of its RX ring). A multi-queue tap stops
+    /// taking frames on a disabled pair's queue, so the kernel steers them
+    /// to enabled ones.
+    fn set_enabled(&mut self, _enabled: bool) -> io::Result<()> {
+        Ok(())
+    }
 }

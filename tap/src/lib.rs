@@ -7,13 +7,17 @@
 //! reports that it released the guest's pages.
 
 pub mod attachment;
+pub mod frame;
+pub mod lent_headers;
 pub mod offload;
 pub mod stream;
 pub mod tap;
 pub mod udp;
+pub mod vnet_hdr;
 pub mod zerocopy;
 
-pub use attachment::{Attachment, Completion, Readiness, SendMode, Sent};
+pub use attachment::{Attachment, Completion, GuestConfig, Readiness, SendMode, Sent};
+pub use frame::{RxBuffers, TxFrame};
 pub use offload::Offloads;
 pub use stream::{StreamAttachment, StreamEndpoint, StreamError};
 pub use tap::{Tap, TapError};

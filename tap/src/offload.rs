@@ -1,18 +1,13 @@
 //! Offloads the tap delivers to the guest (`TUNSETOFFLOAD`).
 
-/// `TUN_F_*` bits from `<linux/if_tun.h>`.
-const TUN_F_CSUM: u32 = 0x01;
-const TUN_F_TSO4: u32 = 0x02;
-const TUN_F_TSO6: u32 = 0x04;
-const TUN_F_TSO_ECN: u32 = 0x08;
-const TUN_F_UFO: u32 = 0x10;
-const TUN_F_USO4: u32 = 0x20;
-const TUN_F_USO6: u32 = 0x40;
+use libc::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6};
 
-/// What the tap may hand to the guest: partial checksums and GSO frames.
+/// A set of offloads: partial checksums and GSO types.
 ///
-/// Built from the guest's negotiated RX features, so the guest only ever
-/// receives what it said it can take.
+/// It says what an attachment can carry, what the device may hand the
+/// guest on RX (from the guest's GUEST_* features, so the guest only ever
+/// receives what it said it can take; `TUNSETOFFLOAD` for a tap), and what
+/// the guest may send on TX (its HOST_* features).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offloads {
     pub csum: bool,

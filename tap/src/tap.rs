@@ -15,21 +15,16 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use thiserror::Error;
 
-use crate::attachment::SendMode;
-use crate::attachment::{Attachment, Sent};
+use crate::attachment::{Attachment, GuestConfig, SendMode, Sent};
+use crate::frame::{RxBuffers, TxFrame};
+use crate::vnet_hdr::HDR_LEN_V1;
 use crate::Offloads;
 
 const TUN_PATH: &str = "/dev/net/tun";
 
-// ioctl numbers from <linux/if_tun.h>: _IOW('T', nr, int/unsigned int).
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+/// The flags of every zcnet tap (`<linux/if_tun.h>`).
+const TAP_FLAGS: libc::c_int =
+    libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
 
 /// Why a tap could not be opened or configured.
 #[derive(Debug, Error)]
@@ -70,6 +65,10 @@ pub enum TapError {
 pub struct Tap {
     file: File,
     name: String,
+    /// The virtio-net header length the device was set to (10 or 12).
+    hdr_len: usize,
+    /// Whether this queue is attached (takes frames from the kernel).
+    attached: bool,
 }
 
 impl Tap {
@@ -97,12 +96,12 @@ impl Tap {
         for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
             *dst = src as libc::c_char;
         }
-        ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
+        ifr.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
 
         // SAFETY: `file` is an fd of /dev/net/tun that we own and keep open
         // for the call; TUNSETIFF reads and writes one `struct ifreq`, and
         // `ifr` is a valid, exclusively borrowed ifreq that outlives it.
-        let ret = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut ifr) };
+        let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
         if ret < 0 {
             let source = io::Error::last_os_error();
             let name = name.to_owned();
@@ -119,6 +118,8 @@ impl Tap {
         Ok(Tap {
             file,
             name: name.to_owned(),
+            hdr_len: HDR_LEN_V1,
+            attached: true,
         })
     }
 
@@ -127,9 +128,9 @@ impl Tap {
         &self.name
     }
 
-    fn ioctl_int(&self, request: libc::c_ulong, value: libc::c_int) -> io::Result<()> {
-        // SAFETY: the fd is an attached tap queue owned by `self`; the
-        // TUNSETVNETHDRSZ request reads one int through the pointer, which
+    fn ioctl_int(&self, request: libc::Ioctl, value: libc::c_int) -> io::Result<()> {
+        // SAFETY: the fd is a tap queue owned by `self`; the request used
+        // (TUNSETVNETHDRSZ) reads one int through the pointer, which
         // points at a live local.
         let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), request, &value) };
         if ret < 0 {
@@ -141,7 +142,32 @@ impl Tap {
     /// Sets the virtio-net header length (10 or 12) of the device.
     pub fn set_vnet_hdr_len(&self, len: usize) -> io::Result<()> {
         let len = libc::c_int::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-        self.ioctl_int(TUNSETVNETHDRSZ, len)
+        self.ioctl_int(libc::TUNSETVNETHDRSZ, len)
+    }
+
+    /// Attaches this queue to the device, or detaches it, so the kernel
+    /// steers frames only to queues someone reads (`TUNSETQUEUE` with
+    /// `IFF_ATTACH_QUEUE` / `IFF_DETACH_QUEUE`; `drivers/net/tun.c`).
+    pub fn set_attached(&mut self, attached: bool) -> io::Result<()> {
+        if attached == self.attached {
+            return Ok(());
+        }
+        let flag = if attached {
+            libc::IFF_ATTACH_QUEUE
+        } else {
+            libc::IFF_DETACH_QUEUE
+        };
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        ifr.ifr_ifru.ifru_flags = flag as libc::c_short;
+        // SAFETY: the fd is a tap queue owned by `self`; TUNSETQUEUE reads
+        // one `struct ifreq`, and `ifr` is a valid local that outlives it.
+        let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNSETQUEUE, &mut ifr) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.attached = attached;
+        Ok(())
     }
 
     /// Sets the offloads the device may hand to the reader.
@@ -151,7 +177,7 @@ impl Tap {
         let ret = unsafe {
             libc::ioctl(
                 self.file.as_raw_fd(),
-                TUNSETOFFLOAD,
+                libc::TUNSETOFFLOAD,
                 libc::c_ulong::from(offloads.tun_flags()),
             )
         };
@@ -235,24 +261,33 @@ impl Attachment for Tap {
     }
 
     /// A tap fd cannot take `MSG_ZEROCOPY`: every write is copied once.
-    fn send(&self, iov: &[libc::iovec], _mode: SendMode) -> io::Result<Sent> {
+    /// The header written is the frame's validated, normalised one, from
+    /// zcnet's memory.
+    fn send(&mut self, frame: &mut TxFrame<'_>, _mode: SendMode) -> io::Result<Sent> {
+        let hdr = frame.hdr().to_bytes();
+        let iov = frame.with_header(&hdr[..self.hdr_len]);
         self.writev(iov).map(|_| Sent::Copied)
+    }
+
+    /// The kernel writes the header and the frame straight into the
+    /// guest's buffers.
+    fn recv(&mut self, bufs: &mut RxBuffers<'_>) -> io::Result<usize> {
+        // SAFETY: `RxBuffers`' constructor guarantees every iovec is
+        // mapped, writable and unaliased while `bufs` is borrowed.
+        unsafe { self.readv(bufs.iov()) }
     }
 
     fn supported_offloads(&self) -> Offloads {
         Tap::supported_offloads(self)
     }
 
-    unsafe fn recv(&self, iov: &[libc::iovec]) -> io::Result<usize> {
-        // SAFETY: forwarded from this function's own contract.
-        unsafe { self.readv(iov) }
+    fn configure(&mut self, guest: GuestConfig) -> io::Result<()> {
+        self.set_vnet_hdr_len(guest.hdr_len)?;
+        self.hdr_len = guest.hdr_len;
+        self.set_offloads(guest.rx_offloads)
     }
 
-    fn set_vnet_hdr_len(&self, len: usize) -> io::Result<()> {
-        Tap::set_vnet_hdr_len(self, len)
-    }
-
-    fn set_offloads(&self, offloads: Offloads) -> io::Result<()> {
-        Tap::set_offloads(self, offloads)
+    fn set_enabled(&mut self, enabled: bool) -> io::Result<()> {
+        self.set_attached(enabled)
     }
 }

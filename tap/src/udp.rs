@@ -9,12 +9,14 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use log::warn;
 use thiserror::Error;
 
-use crate::attachment::{Attachment, Completion, SendMode, Sent};
+use crate::attachment::{Attachment, Completion, GuestConfig, SendMode, Sent};
+use crate::frame::{RxBuffers, TxFrame};
+use crate::lent_headers::LentHeaders;
+use crate::vnet_hdr::HDR_LEN_V1;
 use crate::zerocopy;
 use crate::Offloads;
 
@@ -41,12 +43,18 @@ pub struct UdpAttachment {
     /// The wire carries the virtio-net header before each frame.
     peer_hdr: bool,
     /// Length of the guest's virtio-net header (10 or 12).
-    hdr_len: AtomicUsize,
+    hdr_len: usize,
     /// SO_ZEROCOPY is on.
-    zerocopy: AtomicBool,
+    zerocopy: bool,
     /// The id the kernel gives the next successful MSG_ZEROCOPY send.
-    next_id: AtomicU32,
+    next_id: u32,
+    /// Wire headers of lent sends (`--vnet-hdr-peer`): see `lent_headers`.
+    headers: LentHeaders,
 }
+
+/// Wire headers kept for lent sends at once; past it frames are copied.
+/// The completion engine lends at most 128 chains per queue.
+const LENT_HEADER_SLOTS: usize = 128;
 
 impl UdpAttachment {
     /// Binds `local`, connects to `remote`; turns SO_ZEROCOPY on when
@@ -72,29 +80,37 @@ impl UdpAttachment {
         Ok(UdpAttachment {
             sock,
             peer_hdr,
-            hdr_len: AtomicUsize::new(12),
-            zerocopy: AtomicBool::new(zc),
-            next_id: AtomicU32::new(0),
+            hdr_len: HDR_LEN_V1,
+            zerocopy: zc,
+            next_id: 0,
+            headers: LentHeaders::new(if peer_hdr { LENT_HEADER_SLOTS } else { 0 }, HDR_LEN_V1),
         })
     }
+}
 
-    /// The iovecs of `iov` past its first `skip` bytes.
-    fn skip(iov: &[libc::iovec], mut skip: usize) -> Vec<libc::iovec> {
-        let mut out = Vec::with_capacity(iov.len());
-        for v in iov {
-            if skip >= v.iov_len {
-                skip -= v.iov_len;
-                continue;
-            }
-            out.push(libc::iovec {
-                // SAFETY (pointer arithmetic only): `skip < iov_len`, so the
-                // result stays inside the described range.
-                iov_base: v.iov_base.wrapping_byte_add(skip),
-                iov_len: v.iov_len - skip,
-            });
-            skip = 0;
+/// Lends `iov` to the kernel through `sock`, taking the next id from
+/// `next_id`; `Ok(None)` when the kernel is out of optmem or
+/// RLIMIT_MEMLOCK (ENOBUFS): copy the frame instead.
+///
+/// # Safety
+/// Every iovec must describe memory that stays mapped, and unchanged by
+/// zcnet, until the notification for the returned id (guest memory of a
+/// lent chain, which goes back to the guest only then; or a held header
+/// slot).
+unsafe fn lend(
+    sock: &UdpSocket,
+    next_id: &mut u32,
+    iov: &[libc::iovec],
+) -> io::Result<Option<u32>> {
+    // SAFETY: forwarded from this function's contract.
+    match unsafe { zerocopy::send(sock.as_fd(), iov, true) } {
+        Ok(_) => {
+            let id = *next_id;
+            *next_id = id.wrapping_add(1);
+            Ok(Some(id))
         }
-        out
+        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -103,74 +119,86 @@ impl Attachment for UdpAttachment {
         self.sock.as_fd()
     }
 
-    fn send(&self, iov: &[libc::iovec], mode: SendMode) -> io::Result<Sent> {
-        let wire = if self.peer_hdr {
-            iov.to_vec()
-        } else {
-            Self::skip(iov, self.hdr_len.load(Ordering::Relaxed))
-        };
-        let lend = mode == SendMode::Lend && self.zerocopy.load(Ordering::Relaxed);
-        if lend {
-            // SAFETY: the datapath built `iov` from bounds-checked guest
-            // memory it keeps mapped; a lent chain is not returned to the
-            // guest (and the memory snapshot it came from stays referenced
-            // by the kernel's page pins) until the notification for this
-            // id is reaped. The guest may still rewrite the buffer while
-            // the kernel sends it: that can only corrupt its own frame.
-            match unsafe { zerocopy::send(self.sock.as_fd(), &wire, true) } {
-                Ok(_) => {
-                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Sent::Lent {
-                        first_id: id,
-                        last_id: id,
-                    });
+    fn send(&mut self, frame: &mut TxFrame<'_>, mode: SendMode) -> io::Result<Sent> {
+        let lending = mode == SendMode::Lend && self.zerocopy;
+        let wire_hdr = frame.hdr().to_bytes();
+        if lending {
+            // The guest can rewrite a lent buffer while the kernel sends
+            // it (it owns it): that corrupts only its own frame on the
+            // wire, since no host state depends on those bytes.
+            let sent = if !self.peer_hdr {
+                // SAFETY: the frame's iovecs are guest memory the datapath
+                // keeps mapped; a lent chain goes back to the guest only
+                // when the notification for this id is reaped.
+                unsafe { lend(&self.sock, &mut self.next_id, frame.payload())? }
+            } else if let Some(slot) = self.headers.take() {
+                self.headers.slot_mut(slot).copy_from_slice(&wire_hdr);
+                let iov = frame.with_header(self.headers.slot(slot));
+                // SAFETY: as above for the frame; the header slot is held
+                // (unchanged) until the same notification.
+                match unsafe { lend(&self.sock, &mut self.next_id, iov) } {
+                    Ok(Some(id)) => {
+                        self.headers.hold(slot, id);
+                        Some(id)
+                    }
+                    other => {
+                        self.headers.put_back(slot);
+                        other?
+                    }
                 }
-                // Out of optmem or RLIMIT_MEMLOCK: copy this frame instead.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
-                Err(e) => return Err(e),
+            } else {
+                None
+            };
+            if let Some(id) = sent {
+                return Ok(Sent::Lent {
+                    first_id: id,
+                    last_id: id,
+                });
             }
         }
-        // SAFETY: `wire` describes mapped guest memory (see above); without
-        // MSG_ZEROCOPY the kernel copies it before sendmsg returns.
-        unsafe { zerocopy::send(self.sock.as_fd(), &wire, false) }.map(|_| Sent::Copied)
+        let iov = if self.peer_hdr {
+            frame.with_header(&wire_hdr)
+        } else {
+            frame.payload()
+        };
+        // SAFETY: `iov` describes guest memory the frame keeps mapped and
+        // `wire_hdr` on our stack; without MSG_ZEROCOPY the kernel copies
+        // it before sendmsg returns.
+        unsafe { zerocopy::send(self.sock.as_fd(), iov, false) }.map(|_| Sent::Copied)
     }
 
     fn can_lend(&self) -> bool {
-        self.zerocopy.load(Ordering::Relaxed)
+        self.zerocopy
     }
 
-    fn reap(&self, out: &mut Vec<Completion>) -> io::Result<()> {
-        zerocopy::reap(self.sock.as_fd(), out)
+    fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        let from = out.len();
+        let r = zerocopy::reap(self.sock.as_fd(), out);
+        for c in &out[from..] {
+            self.headers.release(c);
+        }
+        r
     }
 
-    unsafe fn recv(&self, iov: &[libc::iovec]) -> io::Result<usize> {
-        let hdr_len = if self.peer_hdr {
-            0
-        } else {
-            self.hdr_len.load(Ordering::Relaxed)
-        };
+    fn recv(&mut self, bufs: &mut RxBuffers<'_>) -> io::Result<usize> {
         // A header-less peer: the guest gets an all-zero header (no
         // offloads, num_buffers set by the RX path).
-        let mut left = hdr_len;
-        for v in iov {
-            if left == 0 {
-                break;
-            }
-            let n = left.min(v.iov_len);
-            // SAFETY: the caller guarantees every iovec is mapped and
-            // writable and not referenced by Rust; `n <= iov_len`.
-            unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, n) };
-            left -= n;
+        let skip = if self.peer_hdr { 0 } else { self.hdr_len };
+        if !bufs.zero_prefix(skip) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "RX buffers shorter than the virtio-net header",
+            ));
         }
-        let body = Self::skip(iov, hdr_len);
+        let body = bufs.skip(skip);
         // SAFETY: an all-zero msghdr is a valid empty message.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = body.as_ptr() as *mut libc::iovec;
         msg.msg_iovlen = body.len();
         // SAFETY: the socket is ours; the iovecs describe mapped, writable
-        // memory (the caller's contract). MSG_TRUNC makes recvmsg return
-        // the datagram's real length, so the caller sees a frame that did
-        // not fit.
+        // memory no Rust reference points into (`RxBuffers`' contract).
+        // MSG_TRUNC makes recvmsg return the datagram's real length, so
+        // the caller sees a frame that did not fit.
         let n = unsafe {
             libc::recvmsg(
                 self.sock.as_raw_fd(),
@@ -181,15 +209,11 @@ impl Attachment for UdpAttachment {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(hdr_len + n as usize)
+        Ok(skip + n as usize)
     }
 
-    fn set_vnet_hdr_len(&self, len: usize) -> io::Result<()> {
-        self.hdr_len.store(len, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn set_offloads(&self, _offloads: Offloads) -> io::Result<()> {
+    fn configure(&mut self, guest: GuestConfig) -> io::Result<()> {
+        self.hdr_len = guest.hdr_len;
         Ok(())
     }
 

@@ -56,7 +56,8 @@ use thiserror::Error;
 use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::attachment::{Attachment, Completion, Readiness, SendMode, Sent};
+use crate::attachment::{Attachment, Completion, GuestConfig, Readiness, SendMode, Sent};
+use crate::frame::{RxBuffers, TxFrame};
 use crate::Offloads;
 use conn::{Conn, State};
 use records::{Next, PREFIX_LEN};
@@ -183,41 +184,18 @@ impl StreamAttachment {
     /// guest's header: the peer's (`--vnet-hdr-peer`) or all zeros.
     /// Returns the length the guest sees; when that exceeds the buffers,
     /// nothing is written (the RX path drops the frame and counts it).
-    ///
-    /// # Safety
-    /// As for [`Attachment::recv`].
-    unsafe fn deliver(&self, hdr: &[u8], frame: &[u8], iov: &[libc::iovec]) -> usize {
+    fn deliver(&self, hdr: &[u8], frame: &[u8], bufs: &mut RxBuffers<'_>) -> usize {
         let hdr_len = self.hdr_len.load(Ordering::Relaxed);
         // `num_buffers` (bytes 10..12) is the RX path's to fill in.
         let mut guest_hdr = [0u8; WIRE_HDR_LEN];
         guest_hdr[..hdr.len().min(HDR_FIELDS_LEN)]
             .copy_from_slice(&hdr[..hdr.len().min(HDR_FIELDS_LEN)]);
         let n = hdr_len + frame.len();
-        if n <= send::total(iov) {
-            // SAFETY: the caller's contract: the iovecs are mapped,
-            // writable and not referenced by Rust; `n` bytes fit.
-            unsafe {
-                scatter(iov, 0, &guest_hdr[..hdr_len]);
-                scatter(iov, hdr_len, frame);
-            }
+        if n <= bufs.capacity() {
+            bufs.write_at(0, &guest_hdr[..hdr_len]);
+            bufs.write_at(hdr_len, frame);
         }
         n
-    }
-}
-
-/// Writes `bytes` into the memory `iov` describes, from byte `at` on.
-///
-/// # Safety
-/// The iovecs must describe mapped, writable memory that no Rust
-/// reference points into, at least `at + bytes.len()` bytes of it; and
-/// `bytes` must not lie in it.
-unsafe fn scatter(iov: &[libc::iovec], at: usize, mut bytes: &[u8]) {
-    for v in send::slice(iov, at, bytes.len()) {
-        let (now, rest) = bytes.split_at(v.iov_len);
-        // SAFETY: `v` lies inside the caller's iovecs (mapped, writable,
-        // unaliased) and is `now.len()` bytes long; the two do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(now.as_ptr(), v.iov_base.cast::<u8>(), now.len()) };
-        bytes = rest;
     }
 }
 
@@ -228,7 +206,7 @@ impl Attachment for StreamAttachment {
         unsafe { BorrowedFd::borrow_raw(self.epoll.as_raw_fd()) }
     }
 
-    fn ready(&self, polled: Readiness) -> Readiness {
+    fn ready(&mut self, polled: Readiness) -> Readiness {
         let mut st = self.lock();
         self.service(&mut st, true);
         let _ = self.wake.read();
@@ -242,7 +220,7 @@ impl Attachment for StreamAttachment {
         }
     }
 
-    fn send(&self, iov: &[libc::iovec], mode: SendMode) -> io::Result<Sent> {
+    fn send(&mut self, frame: &mut TxFrame<'_>, mode: SendMode) -> io::Result<Sent> {
         let mut st = self.lock();
         if !st.is_up() {
             self.service(&mut st, false);
@@ -269,9 +247,8 @@ impl Attachment for StreamAttachment {
                 "no TCP peer is connected",
             ));
         };
-        let hdr_len = self.hdr_len.load(Ordering::Relaxed);
-        let frame = send::slice(iov, hdr_len, usize::MAX);
-        let body_len = send::total(&frame) + if self.peer_hdr { WIRE_HDR_LEN } else { 0 };
+        let payload = frame.payload();
+        let body_len = frame.len() + if self.peer_hdr { WIRE_HDR_LEN } else { 0 };
         // Only whole records: the kernel must have room for all of it,
         // or none is sent. (The socket's buffer minus what is in flight;
         // a record larger than the whole buffer goes when it is empty.)
@@ -283,23 +260,16 @@ impl Attachment for StreamAttachment {
             self.want_space(&mut st);
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let prefix = (body_len as u32).to_be_bytes();
-        let pad = [0u8; WIRE_HDR_LEN];
-        let mut head = vec![libc::iovec {
-            iov_base: prefix.as_ptr() as *mut libc::c_void,
-            iov_len: PREFIX_LEN,
+        // The record's head: the length prefix, then (to a zcnet peer) the
+        // frame's validated virtio-net header, `num_buffers` 0.
+        let mut head_bytes = [0u8; PREFIX_LEN + WIRE_HDR_LEN];
+        head_bytes[..PREFIX_LEN].copy_from_slice(&(body_len as u32).to_be_bytes());
+        head_bytes[PREFIX_LEN..].copy_from_slice(&frame.hdr().to_bytes());
+        let head_len = PREFIX_LEN + if self.peer_hdr { WIRE_HDR_LEN } else { 0 };
+        let head = [libc::iovec {
+            iov_base: head_bytes.as_mut_ptr().cast(),
+            iov_len: head_len,
         }];
-        if self.peer_hdr {
-            // The guest's header fields from its own buffer, then zeros
-            // for `num_buffers` (or a legacy header's missing bytes).
-            let fields = send::slice(iov, 0, hdr_len.min(HDR_FIELDS_LEN));
-            let padding = WIRE_HDR_LEN - send::total(&fields);
-            head.extend(fields);
-            head.push(libc::iovec {
-                iov_base: pad.as_ptr() as *mut libc::c_void,
-                iov_len: padding,
-            });
-        }
         let lend = mode == SendMode::Lend && *zc;
         // SAFETY: `iov` was built by the datapath from bounds-checked guest
         // memory it keeps mapped, and `prefix` and `pad` live on our stack
@@ -309,7 +279,7 @@ impl Attachment for StreamAttachment {
         // the connection is reset, see `retire`). The guest can still
         // rewrite a lent buffer while the kernel sends it: that corrupts
         // only its own frame on the wire.
-        let outcome = unsafe { send::record(sock.as_fd(), &head, &frame, lend, ids) };
+        let outcome = unsafe { send::record(sock.as_fd(), &head, payload, lend, ids) };
         match outcome {
             send::Outcome::Sent { ids, tail } => {
                 if tail.is_empty() {
@@ -343,7 +313,7 @@ impl Attachment for StreamAttachment {
         self.zerocopy
     }
 
-    fn reap(&self, out: &mut Vec<Completion>) -> io::Result<()> {
+    fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         let mut st = self.lock();
         self.service(&mut st, false);
         out.append(&mut st.pending);
@@ -354,7 +324,7 @@ impl Attachment for StreamAttachment {
         }
     }
 
-    fn wait_notifications(&self, timeout: Duration) {
+    fn wait_notifications(&mut self, timeout: Duration) {
         let mut st = self.lock();
         self.service(&mut st, false);
         if !st.pending.is_empty() {
@@ -375,7 +345,7 @@ impl Attachment for StreamAttachment {
         }
     }
 
-    unsafe fn recv(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+    fn recv(&mut self, bufs: &mut RxBuffers<'_>) -> io::Result<usize> {
         let mut st = self.lock();
         loop {
             match st.rx.next() {
@@ -395,10 +365,7 @@ impl Attachment for StreamAttachment {
                         );
                         None
                     } else {
-                        // SAFETY: `deliver` asks what `recv` does (mapped,
-                        // writable iovecs no Rust reference points into),
-                        // which our caller guarantees.
-                        Some(unsafe { self.deliver(hdr, frame, iov) })
+                        Some(self.deliver(hdr, frame, bufs))
                     };
                     st.rx.consume(body);
                     if let Some(n) = n {
@@ -439,13 +406,9 @@ impl Attachment for StreamAttachment {
         }
     }
 
-    fn set_vnet_hdr_len(&self, len: usize) -> io::Result<()> {
-        self.hdr_len.store(len, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn set_offloads(&self, offloads: Offloads) -> io::Result<()> {
-        self.lock().offloads = offloads;
+    fn configure(&mut self, guest: GuestConfig) -> io::Result<()> {
+        self.hdr_len.store(guest.hdr_len, Ordering::Relaxed);
+        self.lock().offloads = guest.rx_offloads;
         Ok(())
     }
 
