@@ -309,18 +309,19 @@ mod tests {
     fn rx_buffers_write_skip_and_refuse_overruns() {
         let (mut a, mut b, mut over) = ([0u8; 4], [0u8; 8], [0u8; 4]);
         let mut v = [iov(&mut a), iov(&mut b), iov(&mut over)];
-        // SAFETY: the iovecs describe the local arrays, alive and not
-        // otherwise borrowed while `bufs` lives.
-        let mut bufs = unsafe { RxBuffers::new(&mut v, 12) };
-        assert_eq!((bufs.guest_len(), bufs.capacity()), (12, 16));
-        assert!(bufs.write_at(2, &[1, 2, 3, 4]));
-        assert!(!bufs.write_at(14, &[1, 2, 3]), "past the end");
-        assert!(bufs.zero_prefix(3));
-        let rest = bufs.skip(6);
-        assert_eq!(iov_len(rest), 10);
-        assert_eq!(bufs.guest_len(), 6);
-        assert!(bufs.write_at(0, &[7]));
-        drop(bufs);
+        {
+            // SAFETY: the iovecs describe the local arrays, alive and not
+            // otherwise borrowed while `bufs` lives (this block).
+            let mut bufs = unsafe { RxBuffers::new(&mut v, 12) };
+            assert_eq!((bufs.guest_len(), bufs.capacity()), (12, 16));
+            assert!(bufs.write_at(2, &[1, 2, 3, 4]));
+            assert!(!bufs.write_at(14, &[1, 2, 3]), "past the end");
+            assert!(bufs.zero_prefix(3));
+            let rest = bufs.skip(6);
+            assert_eq!(iov_len(rest), 10);
+            assert_eq!(bufs.guest_len(), 6);
+            assert!(bufs.write_at(0, &[7]));
+        }
         assert_eq!(a, [0, 0, 0, 2]);
         assert_eq!(b[..3], [3, 4, 7]);
     }
