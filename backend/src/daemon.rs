@@ -192,7 +192,13 @@ fn serve_one(
         .start(&mut private)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
     drop(private);
-    let relay = frontend_relay::start(front, back).map_err(DaemonError::Relay)?;
+    let enabler = device.clone();
+    let relay = frontend_relay::start(
+        front,
+        back,
+        Box::new(move |index, enabled| enabler.set_vring_enabled(index, enabled)),
+    )
+    .map_err(DaemonError::Relay)?;
     metrics.connections.inc();
     info!("frontend connected ({} queue pairs)", device.queue_pairs());
     let workers = daemon.get_epoll_handlers();

@@ -23,6 +23,11 @@ pub enum QueueError {
     Queue(#[from] virtio_queue::Error),
     #[error("cannot notify the guest")]
     Signal(#[source] io::Error),
+    #[error(
+        "the driver's avail index {avail} is impossible (next avail {next}, {size} entries): \
+         the queue is broken until the frontend resets it"
+    )]
+    Broken { avail: u16, next: u16, size: u16 },
 }
 
 /// One queue pair's view of its resources during one event.

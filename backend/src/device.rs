@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::{info, warn};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
@@ -61,6 +61,11 @@ impl NetDevice {
             .enumerate()
             .map(|(i, a)| QueuePair::new(i, a, metrics.queue(i), spec.lend, spec.drain))
             .collect::<io::Result<Vec<_>>>()?;
+        // No pair takes frames until the frontend enables it (see
+        // `set_vring_enabled`).
+        for pair in &pairs {
+            pair.set_enabled(false);
+        }
         let config = NetConfigSpace::new(spec.mac, pairs.len() as u16, spec.mtu.unwrap_or(0));
         Ok(NetDevice {
             offered: features::offered(spec.offloads, spec.mtu.is_some()),
@@ -72,12 +77,29 @@ impl NetDevice {
     }
 
     /// Hands every pair's attachment back, in pair order (call once the
-    /// workers have stopped).
+    /// workers have stopped), taking no frames until the next frontend
+    /// enables its pair.
     pub fn take_attachments(&self) -> Vec<Box<dyn Attachment>> {
         self.pairs
             .iter()
-            .filter_map(QueuePair::take_attachment)
+            .filter_map(|pair| {
+                pair.set_enabled(false);
+                pair.take_attachment()
+            })
             .collect()
+    }
+
+    /// The frontend enabled or disabled virtqueue `index`
+    /// (SET_VRING_ENABLE). A pair whose RX queue is disabled takes no
+    /// frames: a multi-queue tap steers them to enabled pairs (virtio
+    /// 1.x 5.1.6.5.5, automatic receive steering), as QEMU expects while
+    /// the guest uses fewer pairs than offered (`ethtool -L`).
+    pub fn set_vring_enabled(&self, index: usize, enabled: bool) {
+        if index % 2 == 0 {
+            if let Some(pair) = self.pairs.get(index / 2) {
+                pair.set_enabled(enabled);
+            }
+        }
     }
 
     pub fn queue_pairs(&self) -> usize {
@@ -121,8 +143,14 @@ impl VhostUserBackend for NetDevice {
 
     fn acked_features(&self, bits: u64) {
         let features = Negotiated { bits };
+        // Without PROTOCOL_FEATURES every ring is enabled at SET_FEATURES
+        // (vhost-user "Ring states"); with it, SET_VRING_ENABLE says.
+        let all_enabled = bits & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0;
         for pair in &self.pairs {
             pair.set_features(features);
+            if all_enabled {
+                pair.set_enabled(true);
+            }
         }
         info!(
             "features negotiated: {bits:#x} (header {} bytes, mergeable RX {}, RX offloads {:?})",

@@ -50,14 +50,18 @@ impl Message {
 /// Relays between `front` (the frontend) and `back` (the handler's end)
 /// on two threads, until either side closes. Closing one side shuts the
 /// other down, so the handler sees the frontend leave and vice versa.
-pub fn start(front: UnixStream, back: UnixStream) -> io::Result<Vec<JoinHandle<()>>> {
+pub fn start(
+    front: UnixStream,
+    back: UnixStream,
+    on_enable: Box<dyn Fn(usize, bool) + Send>,
+) -> io::Result<Vec<JoinHandle<()>>> {
     let front_writer = Arc::new(Mutex::new(front.try_clone()?));
     let back_reader = back.try_clone()?;
     let front_for_replies = front_writer.clone();
     let to_handler = thread::Builder::new()
         .name("zcnet-relay-req".to_owned())
         .spawn(move || {
-            if let Err(e) = requests(front, back, &front_writer) {
+            if let Err(e) = requests(front, back, &front_writer, &*on_enable) {
                 debug!("frontend request relay ended: {e}");
             }
         })?;
@@ -76,6 +80,7 @@ fn requests(
     mut front: UnixStream,
     mut back: UnixStream,
     front_writer: &Mutex<UnixStream>,
+    on_enable: &dyn Fn(usize, bool),
 ) -> io::Result<()> {
     let mut features_set = false;
     let mut reply_ack = false;
@@ -86,6 +91,11 @@ fn requests(
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
+        if msg.request == FrontendReq::SET_VRING_ENABLE as u32 {
+            if let Some(state) = msg.u64_payload() {
+                on_enable((state & 0xffff_ffff) as usize, state >> 32 != 0);
+            }
+        }
         if msg.request == FrontendReq::SET_VRING_ENABLE as u32 && !features_set {
             debug!("holding SET_VRING_ENABLE sent before SET_FEATURES until SET_FEATURES");
             if msg.need_reply() && reply_ack {

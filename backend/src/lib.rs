@@ -19,5 +19,6 @@ pub mod iovec;
 pub mod lending;
 pub mod metrics;
 mod queue_pair;
+mod ring;
 mod rx;
 mod tx;

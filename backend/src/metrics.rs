@@ -29,6 +29,7 @@ pub struct QueueMetrics {
     pub rx_bytes: Counter,
     pub rx_dropped: Counter,
     pub malformed_chains: Counter,
+    pub broken_queues: Counter,
     pub zc_sends: Counter,
     pub zc_completed: Counter,
     pub zc_copied: Counter,
@@ -77,6 +78,11 @@ impl Metrics {
             "zcnet_malformed_chains",
             "Descriptor chains from the guest that were malformed and returned with length 0",
         );
+        let broken = family(
+            "zcnet_broken_queues",
+            "Queues stopped because the guest published an impossible avail index \
+             (processed again after the frontend resets them)",
+        );
         let zc_sends = family(
             "zcnet_tx_zerocopy_sends",
             "Frames sent with MSG_ZEROCOPY: the guest's pages lent to the kernel",
@@ -117,6 +123,7 @@ impl Metrics {
                     rx_bytes: rx_bytes.get_or_create(&l).clone(),
                     rx_dropped: rx_dropped.get_or_create(&l).clone(),
                     malformed_chains: malformed.get_or_create(&l).clone(),
+                    broken_queues: broken.get_or_create(&l).clone(),
                     zc_sends: zc_sends.get_or_create(&l).clone(),
                     zc_completed: zc_completed.get_or_create(&l).clone(),
                     zc_copied: zc_copied.get_or_create(&l).clone(),

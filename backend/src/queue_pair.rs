@@ -10,13 +10,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use zcnet_tap::{Attachment, Readiness};
 
-use crate::datapath::{Ctx, Vring};
+use crate::datapath::{Ctx, QueueError, Vring};
 use crate::features::Negotiated;
 use crate::guest_errors::GuestErrorLog;
 use crate::iovec::Mem;
@@ -188,7 +188,6 @@ impl QueuePair {
 
     /// The guest enabled or disabled this pair (SET_VRING_ENABLE of its
     /// RX queue): the attachment takes frames only for enabled pairs.
-    #[allow(dead_code)] // called from the frontend relay's interception, next
     pub fn set_enabled(&self, enabled: bool) {
         if let Some(a) = self.lock().io.attachment.as_mut() {
             if let Err(e) = a.set_enabled(enabled) {
@@ -245,12 +244,12 @@ impl QueuePair {
         }
         if reap && !run_tx {
             if let Err(e) = tx::complete(&mut ctx, &mut st.tx, tx_vring) {
-                ctx.guest_error(format_args!("TX queue: {e}"));
+                queue_failed(&mut ctx, "TX", &e);
             }
         }
         if run_tx {
             if let Err(e) = tx::process(&mut ctx, &mut st.tx, tx_vring, mem) {
-                ctx.guest_error(format_args!("TX queue: {e}"));
+                queue_failed(&mut ctx, "TX", &e);
             }
         }
         if run_rx {
@@ -259,7 +258,7 @@ impl QueuePair {
                     let _ = self.rx_resume.write(1);
                 }
                 Ok(RxStop::Idle) => {}
-                Err(e) => ctx.guest_error(format_args!("RX queue: {e}")),
+                Err(e) => queue_failed(&mut ctx, "RX", &e),
             }
         }
     }
@@ -273,6 +272,7 @@ impl QueuePair {
         let mut guard = self.lock();
         let st = &mut *guard;
         if queue.is_multiple_of(2) {
+            st.rx.ring.restart();
             if st.rx.drop_held() {
                 // Its chains went back to the avail ring when it was held,
                 // so the base the frontend gets covers none of them.
@@ -311,6 +311,7 @@ impl QueuePair {
                 let _ = vs.signal_used_queue();
             }
         }
+        st.tx.ring.restart();
         let abandoned = st.tx.lending.abandon();
         self.metrics.lent_chains.set(0);
         if abandoned > 0 {
@@ -324,5 +325,17 @@ impl QueuePair {
                 "queue {queue} stopped by frontend (GET_VRING_BASE); {lent} lent TX chains drained"
             );
         }
+    }
+}
+
+/// A queue operation failed. A broken queue (an impossible avail index)
+/// stops being processed, so it is logged once and counted; other
+/// failures are logged at a limited rate.
+fn queue_failed(ctx: &mut Ctx<'_>, which: &str, e: &QueueError) {
+    if let QueueError::Broken { .. } = e {
+        ctx.metrics.broken_queues.inc();
+        error!("queue pair {}: {which} queue: {e}", ctx.pair);
+    } else {
+        ctx.guest_error(format_args!("{which} queue: {e}"));
     }
 }

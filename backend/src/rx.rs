@@ -35,6 +35,7 @@ use zcnet_tap::vnet_hdr::{HDR_LEN_V1, MAX_FRAME_LEN, MAX_NON_GSO_FRAME_LEN, NUM_
 
 use crate::datapath::{Ctx, QueueError, VState, Vring};
 use crate::iovec::{Direction, GuestIoVecs, Mem, ReadIoVecs};
+use crate::ring::RingState;
 
 /// Frames read per event before other work of the pair gets a turn.
 pub const BUDGET: usize = 256;
@@ -77,6 +78,8 @@ pub struct RxState {
     /// again (and checked to be the same) before the rest is copied after
     /// them. Reused, so holding allocates nothing.
     held_chains: Vec<Gathered>,
+    /// Broken or not, and whether the guest was notified since start.
+    pub ring: RingState,
 }
 
 impl RxState {
@@ -90,6 +93,7 @@ impl RxState {
             read_iov: ReadIoVecs::new(OVERFLOW_LEN),
             held: None,
             held_chains: Vec::new(),
+            ring: RingState::default(),
         }
     }
 
@@ -133,7 +137,7 @@ pub fn process(
         return Ok(RxStop::Idle);
     }
     let mut vs = vring.get_mut();
-    if !vs.get_queue().ready() || !vs.is_enabled() {
+    if !vs.get_queue().ready() || !vs.is_enabled() || st.ring.is_broken() {
         return Ok(RxStop::Idle);
     }
     st.iov.clear();
@@ -145,8 +149,8 @@ pub fn process(
     st.chains.clear();
     ctx.metrics.rx_frames.inc_by(stats.frames);
     ctx.metrics.rx_bytes.inc_by(stats.bytes);
-    if stats.used && vs.needs_notification()? {
-        vs.signal_used_queue().map_err(QueueError::Signal)?;
+    if stats.used {
+        st.ring.notify(&mut vs)?;
     }
     result
 }
@@ -269,7 +273,7 @@ fn gather(
     let queue_size = usize::from(vs.get_queue().size());
     loop {
         while st.chains.is_empty() || (mergeable && st.iov.len() < want) {
-            let Some(chain) = vs.get_queue_mut().pop_descriptor_chain(mem) else {
+            let Some(chain) = st.ring.pop(vs, mem)? else {
                 break;
             };
             let head = chain.head_index();

@@ -23,6 +23,7 @@ use zcnet_tap::{Completion, SendMode, Sent};
 use crate::datapath::{Ctx, QueueError, VState, Vring};
 use crate::iovec::{Direction, GuestIoVecs, Mem};
 use crate::lending::{LendPolicy, Lending};
+use crate::ring::RingState;
 
 /// Chains handled between two looks at whether the guest wants a call.
 const SIGNAL_BATCH: usize = 64;
@@ -36,6 +37,8 @@ pub struct TxState {
     pub lending: Lending,
     completions: Vec<Completion>,
     done: Vec<u16>,
+    /// Broken or not, and whether the guest was notified since start.
+    pub ring: RingState,
 }
 
 impl TxState {
@@ -46,6 +49,7 @@ impl TxState {
             lending: Lending::new(policy),
             completions: Vec::new(),
             done: Vec::new(),
+            ring: RingState::default(),
         }
     }
 }
@@ -97,8 +101,8 @@ pub fn complete(ctx: &mut Ctx<'_>, st: &mut TxState, vring: &Vring) -> Result<()
     let mut vs = vring.get_mut();
     // Reaped even on a stopped queue: the notifications of abandoned
     // chains must leave the error queue; they complete no chain.
-    if reap(ctx, st, &mut vs)? && vs.get_queue().ready() && vs.needs_notification()? {
-        vs.signal_used_queue().map_err(QueueError::Signal)?;
+    if reap(ctx, st, &mut vs)? && vs.get_queue().ready() {
+        st.ring.notify(&mut vs)?;
     }
     Ok(())
 }
@@ -111,7 +115,7 @@ pub fn process(
     mem: &Mem,
 ) -> Result<(), QueueError> {
     let mut vs = vring.get_mut();
-    if !vs.get_queue().ready() || !vs.is_enabled() {
+    if !vs.get_queue().ready() || !vs.is_enabled() || st.ring.is_broken() {
         return Ok(());
     }
     st.blocked = false;
@@ -120,11 +124,20 @@ pub fn process(
     let (mut frames, mut bytes) = (0u64, 0u64);
     let mut used = reap(ctx, st, &mut vs)?;
     let mut batch = 0usize;
+    let mut failure = None;
     'drain: loop {
         if event_idx {
             vs.get_queue_mut().disable_notification(mem)?;
         }
-        while let Some(chain) = vs.get_queue_mut().pop_descriptor_chain(mem) {
+        loop {
+            let chain = match st.ring.pop(&mut vs, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break 'drain;
+                }
+            };
             let head = chain.head_index();
             if st.lending.at_cap(ring_size) {
                 // Take in what the kernel has released before copying
@@ -190,8 +203,8 @@ pub fn process(
                 // takes in completions of lent chains.
                 batch = 0;
                 used |= reap(ctx, st, &mut vs)?;
-                if used && vs.needs_notification()? {
-                    vs.signal_used_queue().map_err(QueueError::Signal)?;
+                if used {
+                    st.ring.notify(&mut vs)?;
                     used = false;
                 }
             }
@@ -205,10 +218,10 @@ pub fn process(
     ctx.metrics.lent_chains_max.set(st.lending.max_lent as i64);
     ctx.metrics.tx_frames.inc_by(frames);
     ctx.metrics.tx_bytes.inc_by(bytes);
-    if used && vs.needs_notification()? {
-        vs.signal_used_queue().map_err(QueueError::Signal)?;
+    if used {
+        st.ring.notify(&mut vs)?;
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 /// TX used length is 0: the device wrote nothing into the chain.
