@@ -95,7 +95,7 @@ impl NetDevice {
     /// 1.x 5.1.6.5.5, automatic receive steering), as QEMU expects while
     /// the guest uses fewer pairs than offered (`ethtool -L`).
     pub fn set_vring_enabled(&self, index: usize, enabled: bool) {
-        if index % 2 == 0 {
+        if index.is_multiple_of(2) {
             if let Some(pair) = self.pairs.get(index / 2) {
                 pair.set_enabled(enabled);
             }
