@@ -1,7 +1,9 @@
 //! The device side of one split virtqueue, beyond what virtio-queue does:
 //! an impossible avail index breaks the queue instead of spinning its
 //! worker, and the first used-ring update after a (re)start always
-//! notifies the guest.
+//! notifies the guest. The datapath pops, uses and notifies only through
+//! here, so what must follow every ring access (in-flight tracking, dirty
+//! logging) has one place to go.
 
 use std::sync::atomic::Ordering;
 
@@ -60,6 +62,12 @@ impl RingState {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Puts chain `head` on the used ring with `len` bytes written into
+    /// it. Every used-ring write of the datapath goes through here.
+    pub fn add_used(&mut self, vs: &mut VState, head: u16, len: u32) -> Result<(), QueueError> {
+        vs.add_used(head, len).map_err(QueueError::Queue)
     }
 
     /// Notifies the guest of used-ring updates if it asked (EVENT_IDX) or

@@ -294,7 +294,7 @@ fn gather(
                 Err(e) if st.chains.is_empty() => {
                     ctx.guest_error(format_args!("RX chain {head}: {e}"));
                     ctx.metrics.malformed_chains.inc();
-                    vs.add_used(head, 0)?;
+                    st.ring.add_used(vs, head, 0)?;
                     stats.used = true;
                 }
                 Err(_) => {
@@ -346,7 +346,7 @@ fn deliver(
     let mut remaining = n;
     for g in &st.chains[..filled] {
         let take = remaining.min(g.capacity);
-        vs.add_used(g.head, take as u32)?;
+        st.ring.add_used(vs, g.head, take as u32)?;
         remaining -= take;
     }
     st.chains.drain(..filled);

@@ -90,7 +90,7 @@ pub fn reap(ctx: &mut Ctx<'_>, st: &mut TxState, vs: &mut VState) -> Result<bool
         st.lending.complete(*c, ctx.pair, &mut st.done);
     }
     for &head in &st.done {
-        add_used(vs, head)?;
+        st.ring.add_used(vs, head, 0)?;
     }
     ctx.metrics.lent_chains.set(st.lending.lent() as i64);
     Ok(!st.done.is_empty())
@@ -163,7 +163,7 @@ pub fn process(
                 Outcome::Done { bytes: n } => {
                     frames += 1;
                     bytes += n as u64;
-                    add_used(&mut vs, head)?;
+                    st.ring.add_used(&mut vs, head, 0)?;
                     used = true;
                 }
                 Outcome::Lent {
@@ -180,12 +180,12 @@ pub fn process(
                 }
                 Outcome::Malformed => {
                     ctx.metrics.malformed_chains.inc();
-                    add_used(&mut vs, head)?;
+                    st.ring.add_used(&mut vs, head, 0)?;
                     used = true;
                 }
                 Outcome::Dropped => {
                     ctx.metrics.tx_dropped.inc();
-                    add_used(&mut vs, head)?;
+                    st.ring.add_used(&mut vs, head, 0)?;
                     used = true;
                 }
                 Outcome::WouldBlock => {
@@ -222,11 +222,6 @@ pub fn process(
         st.ring.notify(&mut vs)?;
     }
     failure.map_or(Ok(()), Err)
-}
-
-/// TX used length is 0: the device wrote nothing into the chain.
-fn add_used(vs: &mut VState, head: u16) -> Result<(), QueueError> {
-    vs.add_used(head, 0).map_err(QueueError::Queue)
 }
 
 fn send(
