@@ -22,3 +22,15 @@ mod queue_pair;
 mod rx;
 mod tx;
 mod vnet_hdr;
+
+/// `e` and its causes, joined with ": ", for one log line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
