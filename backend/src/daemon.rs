@@ -22,6 +22,7 @@ use crate::cli::{AttachmentConfig, Config};
 use crate::control::{self, ControlError};
 use crate::device::{DeviceSpec, NetDevice};
 use crate::frontend_relay;
+use crate::intercept::ForwardAll;
 use crate::lending::{LendPolicy, ZeroCopyMode};
 use crate::metrics::{self, Metrics, ServeError};
 
@@ -191,7 +192,8 @@ fn serve_one(
         .start(&mut private)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
     drop(private);
-    let relay = frontend_relay::start(front, back).map_err(DaemonError::Relay)?;
+    let relay =
+        frontend_relay::start(front, back, Arc::new(ForwardAll)).map_err(DaemonError::Relay)?;
     metrics.connections.inc();
     info!("frontend connected ({} queue pairs)", device.queue_pairs());
     let workers = daemon.get_epoll_handlers();

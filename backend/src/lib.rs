@@ -15,12 +15,14 @@ mod device;
 pub mod features;
 mod frontend_relay;
 mod guest_errors;
+pub mod intercept;
 pub mod iovec;
 pub mod lending;
 pub mod metrics;
 mod queue_pair;
 mod rx;
 mod tx;
+mod vhost_message;
 mod vnet_hdr;
 
 /// `e` and its causes, joined with ": ", for one log line.
