@@ -22,9 +22,9 @@ use crate::cli::{AttachmentConfig, Config};
 use crate::control::{self, ControlError};
 use crate::device::{DeviceSpec, NetDevice};
 use crate::frontend_relay;
-use crate::intercept::ForwardAll;
 use crate::lending::{LendPolicy, ZeroCopyMode};
 use crate::metrics::{self, Metrics, ServeError};
+use crate::net_intercept::NetIntercept;
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -192,8 +192,8 @@ fn serve_one(
         .start(&mut private)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
     drop(private);
-    let relay =
-        frontend_relay::start(front, back, Arc::new(ForwardAll)).map_err(DaemonError::Relay)?;
+    let intercept = Arc::new(NetIntercept::new(attachments.len(), spec.queue_size));
+    let relay = frontend_relay::start(front, back, intercept).map_err(DaemonError::Relay)?;
     metrics.connections.inc();
     info!("frontend connected ({} queue pairs)", device.queue_pairs());
     let workers = daemon.get_epoll_handlers();

@@ -30,7 +30,9 @@
 //!   with success, only if `REPLY_ACK` was negotiated (a forwarded
 //!   `SET_PROTOCOL_FEATURES` had it). Without `REPLY_ACK` the frontend waits
 //!   for no reply, so none is sent, as the handler would send none. The
-//!   interceptor has already seen the request and could have refused it.
+//!   interceptor has already seen the request and could refuse a bad index
+//!   or value ([`crate::net_intercept`]), so the success ack is not a lie
+//!   the handler would contradict.
 //! - **replays** the held requests to the handler right after forwarding
 //!   `SET_FEATURES`, in the order they arrived and before any later
 //!   request, each with `NEED_REPLY` cleared, so the handler sends no second

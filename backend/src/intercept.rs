@@ -5,7 +5,7 @@
 //! every request, in the order the frontend sent them, with its file
 //! descriptors, and acts on the [`Verdict`]. This is where zcnet handles
 //! what the crates do not handle, or handle wrongly: checks they lack
-//! (SET_VRING_NUM), requests they refuse
+//! (SET_VRING_NUM, see [`crate::net_intercept`]), requests they refuse
 //! (GET/SET_INFLIGHT_FD, SEND_RARP, NET_SET_MTU, SET_LOG_BASE), and requests
 //! zcnet must learn of even though the handler applies them
 //! (SET_VRING_ENABLE, SET_VRING_ERR: take a duplicate of the descriptor
@@ -64,8 +64,10 @@ impl Verdict {
 }
 
 /// Forwards everything: the relay without interception.
+#[cfg(test)]
 pub struct ForwardAll;
 
+#[cfg(test)]
 impl Intercept for ForwardAll {
     fn request(&self, _req: &Message) -> Verdict {
         Verdict::Forward

@@ -19,6 +19,7 @@ pub mod intercept;
 pub mod iovec;
 pub mod lending;
 pub mod metrics;
+mod net_intercept;
 mod queue_pair;
 mod rx;
 mod tx;

@@ -144,15 +144,21 @@ fn bad_messages_get_an_error_and_the_daemon_keeps_listening() {
     let s = Setup::new(&[]);
     let host = PacketSock::open(&s.ns, TAP, true);
 
-    // A queue larger than the device allows: an error reply.
-    let g = FakeGuest::negotiate(&s.daemon.socket, &GuestOpts::default());
+    // A queue larger than the device allows: an error reply. zcnet refuses
+    // it itself, so the connection stays up (vhost-user-backend would have
+    // ended it) and the same frontend goes on to move a frame.
+    let mut g = FakeGuest::negotiate(&s.daemon.socket, &GuestOpts::default());
     g.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
     assert!(
         g.frontend.set_vring_num(0, 4096).is_err(),
         "oversized queue accepted"
     );
+    bring_up(&mut g);
+    tx_roundtrip(&mut g, &host, 3);
+    assert_refused_once(&s.daemon, "ring 0 size 4096");
     drop(g);
-    s.daemon.wait_log("frontend connection ended");
+    s.daemon
+        .wait_log("frontend disconnected; waiting for the next connection");
 
     // An unknown request code: the connection is closed, not hung.
     let mut raw = s.daemon.connect_raw();
@@ -167,7 +173,81 @@ fn bad_messages_get_an_error_and_the_daemon_keeps_listening() {
 
     // And the next frontend is served.
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
-    tx_roundtrip(&mut g, &host, 3);
+    tx_roundtrip(&mut g, &host, 4);
+}
+
+/// Field case: a frontend configured for 100-entry rings. A split ring's
+/// size must be a power of two; vhost-user-backend would keep its old size
+/// and zcnet would then run a 256-entry ring over the guest's 100-entry
+/// one.
+#[test]
+fn a_ring_size_that_is_not_a_power_of_two_is_refused_and_the_daemon_keeps_serving() {
+    let s = Setup::new(&[]);
+    let host = PacketSock::open(&s.ns, TAP, true);
+
+    // With REPLY_ACK: an error reply, and the same frontend goes on.
+    let mut g = FakeGuest::negotiate(&s.daemon.socket, &GuestOpts::default());
+    g.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    assert!(
+        g.frontend.set_vring_num(0, 100).is_err(),
+        "a 100-entry split ring accepted"
+    );
+    bring_up(&mut g);
+    tx_roundtrip(&mut g, &host, 30);
+    assert_refused_once(&s.daemon, "ring 0 size 100");
+    assert!(
+        s.daemon
+            .log_text()
+            .contains("a power of two from 1 to 1024 (zcnet runs with --queue-size 1024)"),
+        "the log does not say what to fix:\n{}",
+        s.daemon.log_text()
+    );
+    drop(g);
+
+    // Without REPLY_ACK the refusal cannot be answered, so zcnet closes
+    // the connection rather than let the frontend run a ring of a size
+    // zcnet does not use...
+    let opts = GuestOpts {
+        protocol: VhostUserProtocolFeatures::MQ,
+        ..GuestOpts::default()
+    };
+    let g = FakeGuest::negotiate(&s.daemon.socket, &opts);
+    g.frontend
+        .set_vring_num(0, 100)
+        .expect("sent; no ack is awaited without REPLY_ACK");
+    assert!(
+        g.frontend.get_features().is_err(),
+        "the connection is still up after a refusal the frontend cannot hear"
+    );
+    s.daemon.wait_log("could not learn of the refusal");
+    drop(g);
+
+    // ...and the next frontend is served.
+    let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
+    tx_roundtrip(&mut g, &host, 31);
+}
+
+/// Memory and both rings of pair 0, 256 entries, after negotiation.
+fn bring_up(g: &mut FakeGuest) {
+    g.set_mem_table();
+    for q in 0..2 {
+        g.start_ring(q, 256);
+    }
+    g.sync();
+}
+
+/// The daemon logged the refusal of `what` exactly once.
+fn assert_refused_once(daemon: &Daemon, what: &str) {
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches(what).count(),
+        1,
+        "the refusal of {what} is not logged once:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("refused SET_VRING_NUM from the frontend: {what}")),
+        "{log}"
+    );
 }
 
 #[test]

@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::intercept::{Code, ForwardAll};
+use crate::net_intercept::NetIntercept;
 
 const WAIT: Duration = Duration::from_secs(10);
 const NEED_REPLY: VhostUserHeaderFlag = VhostUserHeaderFlag::NEED_REPLY;
@@ -386,6 +387,56 @@ fn held_enables_are_dropped_when_set_features_lacks_protocol_features() {
     assert_eq!(r.handler_gets().request(), Some(FrontendReq::SET_FEATURES));
     // The enable is not replayed: the handler's next request is this one.
     r.round_trip(9);
+}
+
+#[test]
+fn bad_ring_sizes_and_indices_get_an_error_ack_and_are_not_forwarded() {
+    let r = rig(Arc::new(NetIntercept::new(1, 256)));
+    r.negotiate_reply_ack();
+    for (index, num) in [(0, 0), (0, 100), (1, 512), (1, 4096), (2, 256)] {
+        r.frontend_sends(
+            FrontendReq::SET_VRING_NUM,
+            NEED_REPLY,
+            &vring_body(index, num),
+        );
+        assert_ack(&r.frontend_gets(), FrontendReq::SET_VRING_NUM, 1);
+    }
+    // A good size is forwarded, and the handler (not the relay) answers it.
+    r.frontend_sends(FrontendReq::SET_VRING_NUM, NEED_REPLY, &vring_body(1, 256));
+    let m = r.handler_gets();
+    assert_vring(&m, FrontendReq::SET_VRING_NUM, 1, 256);
+    assert!(m.need_reply());
+    r.round_trip(10);
+    // A bad early enable is refused, not held and acked as a success.
+    r.frontend_sends(FrontendReq::SET_VRING_ENABLE, NEED_REPLY, &vring_body(2, 1));
+    assert_ack(&r.frontend_gets(), FrontendReq::SET_VRING_ENABLE, 1);
+    r.frontend_sends(FrontendReq::SET_FEATURES, NO_FLAGS, &u64_body(1 << 30));
+    assert_eq!(r.handler_gets().request(), Some(FrontendReq::SET_FEATURES));
+    r.round_trip(11);
+}
+
+#[test]
+fn a_bad_ring_size_the_frontend_cannot_be_told_of_closes_the_connection() {
+    for reply_ack in [false, true] {
+        let r = rig(Arc::new(NetIntercept::new(1, 256)));
+        // NEED_REPLY without REPLY_ACK, or REPLY_ACK without NEED_REPLY:
+        // either way the frontend waits for no ack.
+        let flags = if reply_ack {
+            r.negotiate_reply_ack();
+            NO_FLAGS
+        } else {
+            NEED_REPLY
+        };
+        r.frontend_sends(FrontendReq::SET_VRING_NUM, flags, &vring_body(0, 100));
+        let (front, handler) = r.threads_end();
+        let mut byte = [0u8; 1];
+        assert_eq!((&front).read(&mut byte).unwrap(), 0, "frontend not closed");
+        assert_eq!(
+            (&handler).read(&mut byte).unwrap(),
+            0,
+            "the refused request reached the handler"
+        );
+    }
 }
 
 #[test]
