@@ -25,7 +25,7 @@
 //!   forgets the acked features and refuses it again). Nothing else is
 //!   held, and later requests do not wait behind it. Enabling the ring a
 //!   little later is harmless: the guest's driver uses no ring before
-//!   feature negotiation is over, and QEMU sends `SET_FEATURES` when it is.
+//!   feature negotiation is over, and QEMU sends `SET_FEATURES` only then.
 //! - **acknowledges** a held request that has `NEED_REPLY`, at once and
 //!   with success, only if `REPLY_ACK` was negotiated (a forwarded
 //!   `SET_PROTOCOL_FEATURES` had it). Without `REPLY_ACK` the frontend waits
@@ -46,38 +46,40 @@
 //!
 //! # The upstream fix that makes holding unnecessary
 //!
-//! Both crates test the *acked* `PROTOCOL_FEATURES` bit, but the frontend
-//! decides to send `SET_VRING_ENABLE` from the bit the backend *offered*
-//! (as it does for `GET/SET_PROTOCOL_FEATURES`, which the crates already
-//! accept before `SET_FEATURES`, and for `REPLY_ACK`, which vhost's
-//! `update_reply_ack_flag` already enables from the offered bit). The fix
-//! checks the offered bit instead, one line in each crate:
-//!
-//! vhost 0.18.0, `src/vhost_user/backend_req_handler.rs`,
-//! `BackendReqHandler::handle_request`, arm `Ok(FrontendReq::SET_VRING_ENABLE)`,
-//! line 623 (`virtio_features` holds what GET_FEATURES answered):
-//!
-//! ```text
-//! -                self.check_feature(VhostUserVirtioFeatures::PROTOCOL_FEATURES)?;
-//! +                if self.virtio_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
-//! +                    return Err(Error::InactiveFeature(VhostUserVirtioFeatures::PROTOCOL_FEATURES));
-//! +                }
-//! ```
-//!
-//! vhost-user-backend 0.24.0, `src/handler.rs`, `impl
-//! VhostUserBackendReqHandlerMut for VhostUserHandler<T>`, `fn
-//! set_vring_enable`, line 603 (the comment above it, lines 601-602, then
-//! reads "...only when VHOST_USER_F_PROTOCOL_FEATURES has been offered"):
+//! Both crates test the *acked* `PROTOCOL_FEATURES` bit, but a frontend
+//! that sends `SET_VRING_ENABLE` before `SET_FEATURES` can only have gone
+//! by the bit the backend *offered*. The crates go by that bit elsewhere: they accept `GET/SET_PROTOCOL_FEATURES`
+//! before `SET_FEATURES`, vhost's `update_reply_ack_flag` enables
+//! `REPLY_ACK` from the offered bit, and vhost's own `Frontend::check_feature`
+//! tests the offered bit. The fix makes each backend handler's
+//! `check_feature` test the offered bit. In both crates that helper has
+//! exactly one caller, the `SET_VRING_ENABLE` check (vhost:
+//! `BackendReqHandler::handle_request`, line 623; vhost-user-backend:
+//! `set_vring_enable`, line 603), so the change is one line in each:
 //!
 //! ```text
-//! -        self.check_feature(VhostUserVirtioFeatures::PROTOCOL_FEATURES)?;
-//! +        if self.backend.features() & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
-//! +            return Err(VhostUserError::InactiveFeature(VhostUserVirtioFeatures::PROTOCOL_FEATURES));
-//! +        }
+//! vhost 0.18.0, src/vhost_user/backend_req_handler.rs,
+//! BackendReqHandler::check_feature, line 415
+//! (virtio_features is what the handler answered to GET_FEATURES):
+//! -        if self.acked_virtio_features & feat.bits() != 0 {
+//! +        if self.virtio_features & feat.bits() != 0 {
+//!
+//! vhost-user-backend 0.24.0, src/handler.rs,
+//! VhostUserHandler::check_feature, line 295:
+//! -        if self.acked_features & feat.bits() != 0 {
+//! +        if self.backend.features() & feat.bits() != 0 {
 //! ```
 //!
-//! Once a release of both carries it, the holding above (the `held` field
-//! and `replay`) can be deleted; the interception stays.
+//! (Upstream may rather rename the helpers, e.g. `check_offered_feature`,
+//! and fix the comments above them and above the call in
+//! `set_vring_enable`, which say "negotiated".) With both lines changed
+//! and the holding here switched off, the test
+//! `qemu_order_set_vring_enable_before_set_features_keeps_the_connection`
+//! (backend/tests/vhost_user.rs) passes, as do the rest of that file and
+//! `tap_datapath`; without the change, the handler closes the connection
+//! at the first early `SET_VRING_ENABLE`, with no error reply. Once a
+//! release of both carries it, the holding (the `held` field and
+//! `replay`) can be deleted; the interception stays.
 //!
 //! # Replies the relay sends itself
 //!
