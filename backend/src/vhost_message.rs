@@ -40,6 +40,8 @@ pub enum MessageError {
          vhost-user allows"
     )]
     TooManyFds,
+    #[error("the kernel cut off the control data of a message (MSG_CTRUNC)")]
+    ControlTruncated,
 }
 
 /// The header every vhost-user message starts with: request code, flags,
@@ -127,10 +129,10 @@ impl Message {
     /// `size_of::<T>()` bytes and `T` finds it valid: the same test the
     /// vhost crate's handler applies before it accepts a request.
     pub fn body<T: ByteValued + Default + VhostUserMsgValidator>(&self) -> Option<T> {
-        let mut body = T::default();
         if self.payload.len() != size_of::<T>() {
             return None;
         }
+        let mut body = T::default();
         body.as_mut_slice().copy_from_slice(&self.payload);
         body.is_valid().then_some(body)
     }
@@ -255,6 +257,15 @@ impl Message {
 /// Protocol version 1, the only one, in the low bits of every header's flags.
 const VERSION_1: u32 = 0x1;
 
+/// The most descriptors the kernel passes with one `sendmsg` (SCM_MAX_FD,
+/// include/net/scm.h). A `recvmsg` on a Unix stream socket returns those
+/// of one `sendmsg` at most, so with room for this many no descriptor is
+/// ever cut off. That matters: the kernel installs the ones that fit before
+/// it reports the cut (MSG_CTRUNC), and nix does not hand over the control
+/// messages of a cut buffer, so those would stay open and unowned. The
+/// vhost-user limit is checked once they are owned.
+const SCM_MAX_FD: usize = 253;
+
 /// Fills `buf` from `sock` with as many `recvmsg` calls as it takes,
 /// moving the descriptors that come with any of them into `fds`. Returns
 /// false if the peer had closed the connection before the first byte.
@@ -265,7 +276,7 @@ fn recv_exact(
 ) -> Result<bool, MessageError> {
     let mut got = 0;
     while got < buf.len() {
-        let mut cmsg = nix::cmsg_space!([RawFd; MAX_ATTACHED_FD_ENTRIES]);
+        let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
         let mut iov = [IoSliceMut::new(&mut buf[got..])];
         let msg = match recvmsg::<()>(
             sock.as_raw_fd(),
@@ -276,6 +287,10 @@ fn recv_exact(
             Err(Errno::EINTR) => continue,
             r => r.map_err(|e| MessageError::Recv(e.into()))?,
         };
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            // Not expected with room for SCM_MAX_FD (see there).
+            return Err(MessageError::ControlTruncated);
+        }
         for c in msg.cmsgs().map_err(|e| MessageError::Recv(e.into()))? {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 for fd in raw {
@@ -287,7 +302,7 @@ fn recv_exact(
                 }
             }
         }
-        if msg.flags.contains(MsgFlags::MSG_CTRUNC) || fds.len() > MAX_ATTACHED_FD_ENTRIES {
+        if fds.len() > MAX_ATTACHED_FD_ENTRIES {
             return Err(MessageError::TooManyFds);
         }
         if msg.bytes == 0 {

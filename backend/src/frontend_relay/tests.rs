@@ -271,6 +271,61 @@ fn recv_raw(sock: &UnixStream, len: usize) -> (Vec<u8>, Vec<OwnedFd>) {
 }
 
 #[test]
+fn a_message_the_relay_cannot_carry_whole_closes_the_connection() {
+    // A payload larger than vhost-user allows.
+    let r = rig(Arc::new(ForwardAll));
+    let mut header = Vec::new();
+    for word in [FrontendReq::SET_MEM_TABLE as u32, 1, 5000] {
+        header.extend_from_slice(&word.to_ne_bytes());
+    }
+    (&r.front).write_all(&header).unwrap();
+    closed_with_nothing_forwarded(r);
+
+    // More descriptors than vhost-user allows (32), and more than the
+    // kernel would have let the relay receive had it made room for only
+    // 32: every one is closed, none left open in the daemon.
+    for count in [33, 253] {
+        let r = rig(Arc::new(ForwardAll));
+        let (end, far_end) = UnixStream::pair().unwrap();
+        far_end.set_read_timeout(Some(WAIT)).unwrap();
+        let fds: Vec<OwnedFd> = (0..count)
+            .map(|_| OwnedFd::from(end.try_clone().unwrap()))
+            .collect();
+        drop(end);
+        r.frontend_sends_fds(FrontendReq::SET_MEM_TABLE, NO_FLAGS, &[0; 8], fds);
+        closed_with_nothing_forwarded(r);
+        // The far end reads EOF only once every copy of `end` is closed.
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            (&far_end).read(&mut byte).expect("a descriptor left open"),
+            0,
+            "{count} descriptors"
+        );
+    }
+}
+
+/// Both relay threads end, the frontend's connection is closed, and the
+/// handler saw nothing.
+fn closed_with_nothing_forwarded(r: Rig) {
+    let (front, handler) = r.threads_end();
+    let mut byte = [0u8; 1];
+    // A socket closed with unread bytes of ours in it reads as a reset.
+    let front_read = (&front).read(&mut byte);
+    assert!(
+        matches!(front_read, Ok(0))
+            || front_read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "frontend not closed: {front_read:?}"
+    );
+    assert_eq!(
+        (&handler).read(&mut byte).unwrap(),
+        0,
+        "the handler got part of a message"
+    );
+}
+
+#[test]
 fn descriptors_pass_through_with_their_message_and_still_work() {
     let r = rig(Arc::new(ForwardAll));
     let (kick, kick_fd) = eventfd();
@@ -428,14 +483,7 @@ fn a_bad_ring_size_the_frontend_cannot_be_told_of_closes_the_connection() {
             NEED_REPLY
         };
         r.frontend_sends(FrontendReq::SET_VRING_NUM, flags, &vring_body(0, 100));
-        let (front, handler) = r.threads_end();
-        let mut byte = [0u8; 1];
-        assert_eq!((&front).read(&mut byte).unwrap(), 0, "frontend not closed");
-        assert_eq!(
-            (&handler).read(&mut byte).unwrap(),
-            0,
-            "the refused request reached the handler"
-        );
+        closed_with_nothing_forwarded(r);
     }
 }
 
