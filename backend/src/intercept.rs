@@ -8,8 +8,8 @@
 //! (SET_VRING_NUM, see [`crate::net_intercept`]), requests they refuse
 //! (GET/SET_INFLIGHT_FD, SEND_RARP, NET_SET_MTU, SET_LOG_BASE), and requests
 //! zcnet must learn of even though the handler applies them
-//! (SET_VRING_ENABLE, SET_VRING_ERR: take a duplicate of the descriptor
-//! with `req.fds()[0].try_clone()` and forward).
+//! (SET_VRING_ENABLE; SET_VRING_ERR, whose descriptor, if it has one, is
+//! `req.fds().first()`: keep a `try_clone` of it and forward).
 
 use std::os::fd::OwnedFd;
 

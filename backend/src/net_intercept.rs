@@ -4,16 +4,17 @@
 //!
 //! **SET_VRING_NUM.** A split ring's size is always a power of two (virtio
 //! 1.x, "Split Virtqueues"), and zcnet's rings are at most `--queue-size`
-//! entries.
-//! vhost-user-backend 0.24 checks only 0 and the maximum, and virtio-queue's
-//! `set_size` silently keeps the old size for a size that is not a power of
-//! two. A frontend that asked for 100 entries would then run a 100-entry
-//! ring while zcnet used 256: it writes `avail_event` where a 256-entry
-//! ring keeps it, past the end of the guest's 100-entry used ring, and
-//! reads avail entries at positions the guest never writes. Such a size (and 0, and more
-//! than the maximum) is refused, as is a ring index the device does not
-//! have. zcnet offers no packed rings, whose sizes need not be powers of
-//! two, so every ring is split.
+//! entries. vhost-user-backend 0.24 checks only 0 and the maximum, and
+//! virtio-queue's `set_size` silently keeps the old size for a size that
+//! is not a power of two. A frontend that asked for 100 entries would then
+//! run a 100-entry ring while zcnet kept the ring's previous size (its
+//! `--queue-size`, or an earlier SET_VRING_NUM; 256 in the field case):
+//! zcnet writes `avail_event` where a 256-entry ring keeps it, past the end
+//! of the guest's 100-entry used ring, and reads avail entries at positions
+//! the guest never writes.
+//! Such a size (and 0, and more than the maximum) is refused, as is a ring
+//! index the device does not have. zcnet offers no packed rings, whose
+//! sizes need not be powers of two, so every ring is split.
 //!
 //! **SET_VRING_ENABLE.** An index the device does not have, or a value
 //! other than 0 or 1, is refused here too: the relay acknowledges an early
