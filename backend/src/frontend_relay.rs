@@ -217,9 +217,7 @@ impl Requests {
         match req.request() {
             Some(FrontendReq::SET_VRING_ENABLE) if !self.features_set => {
                 debug!("holding SET_VRING_ENABLE sent before SET_FEATURES until SET_FEATURES");
-                if self.can_ack(&req) {
-                    self.ack(&req, true)?;
-                }
+                self.ack(&req, true)?;
                 self.held.push(req.without_need_reply());
                 return Ok(());
             }
