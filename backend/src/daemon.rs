@@ -24,6 +24,7 @@ use crate::device::{DeviceSpec, NetDevice};
 use crate::frontend_relay;
 use crate::lending::{LendPolicy, ZeroCopyMode};
 use crate::metrics::{self, Metrics, ServeError};
+use crate::net_intercept::NetIntercept;
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -192,13 +193,12 @@ fn serve_one(
         .start(&mut private)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
     drop(private);
-    let enabler = device.clone();
-    let relay = frontend_relay::start(
-        front,
-        back,
-        Box::new(move |index, enabled| enabler.set_vring_enabled(index, enabled)),
-    )
-    .map_err(DaemonError::Relay)?;
+    let intercept = Arc::new(NetIntercept::new(
+        device.queue_pairs(),
+        spec.queue_size,
+        device.clone(),
+    ));
+    let relay = frontend_relay::start(front, back, intercept).map_err(DaemonError::Relay)?;
     metrics.connections.inc();
     info!("frontend connected ({} queue pairs)", device.queue_pairs());
     let workers = daemon.get_epoll_handlers();

@@ -21,6 +21,7 @@ use crate::features::{self, Negotiated};
 use crate::iovec::Mem;
 use crate::lending::LendPolicy;
 use crate::metrics::Metrics;
+use crate::net_intercept::DeviceEvents;
 use crate::queue_pair::{PairEvent, QueuePair};
 
 /// What the device is, independent of any connection.
@@ -89,19 +90,6 @@ impl NetDevice {
             .collect()
     }
 
-    /// The frontend enabled or disabled virtqueue `index`
-    /// (SET_VRING_ENABLE). A pair whose RX queue is disabled takes no
-    /// frames: a multi-queue tap steers them to enabled pairs (virtio
-    /// 1.x 5.1.6.5.5, automatic receive steering), as QEMU expects while
-    /// the guest uses fewer pairs than offered (`ethtool -L`).
-    pub fn set_vring_enabled(&self, index: usize, enabled: bool) {
-        if index.is_multiple_of(2) {
-            if let Some(pair) = self.pairs.get(index / 2) {
-                pair.set_enabled(enabled);
-            }
-        }
-    }
-
     pub fn queue_pairs(&self) -> usize {
         self.pairs.len()
     }
@@ -121,6 +109,20 @@ impl NetDevice {
     pub fn unregister<B: VhostUserBackend>(&self, workers: &[Arc<VringEpollHandler<B>>]) {
         for (pair, worker) in self.pairs.iter().zip(workers) {
             pair.unregister(worker, self.num_queues());
+        }
+    }
+}
+
+impl DeviceEvents for NetDevice {
+    /// A pair whose RX queue is disabled takes no frames: a multi-queue
+    /// tap steers them to enabled pairs (virtio 1.x 5.1.6.5.5, automatic
+    /// receive steering), as QEMU expects while the guest uses fewer pairs
+    /// than offered (`ethtool -L`).
+    fn vring_enabled(&self, index: usize, enabled: bool) {
+        if index.is_multiple_of(2) {
+            if let Some(pair) = self.pairs.get(index / 2) {
+                pair.set_enabled(enabled);
+            }
         }
     }
 }

@@ -15,10 +15,25 @@ mod device;
 pub mod features;
 mod frontend_relay;
 mod guest_errors;
+pub mod intercept;
 pub mod iovec;
 pub mod lending;
 pub mod metrics;
+mod net_intercept;
 mod queue_pair;
 mod ring;
 mod rx;
 mod tx;
+mod vhost_message;
+
+/// `e` and its causes, joined with ": ", for one log line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}

@@ -16,14 +16,7 @@ fn main() -> ExitCode {
     match zcnet::daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                msg.push_str(": ");
-                msg.push_str(&c.to_string());
-                cause = c.source();
-            }
-            error!("{msg}");
+            error!("{}", zcnet::error_chain(&e));
             ExitCode::FAILURE
         }
     }

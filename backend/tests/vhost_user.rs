@@ -139,20 +139,96 @@ fn cloud_hypervisor_negotiation_with_memory_slots_and_config() {
     tx_roundtrip(&mut g, &host, 2);
 }
 
+/// QEMU 7.2+ sends SET_VRING_ENABLE before SET_FEATURES (the vhost
+/// crate's frontend refuses to, so these are raw messages). zcnet acks
+/// them and replays them after SET_FEATURES; the handler accepts them then
+/// and the connection stays up.
+#[test]
+fn qemu_order_set_vring_enable_before_set_features_keeps_the_connection() {
+    let s = Setup::new(&[]);
+    let mut raw = s.daemon.connect_raw();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    const GET_FEATURES: u32 = 1;
+    const SET_FEATURES: u32 = 2;
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+    const SET_PROTOCOL_FEATURES: u32 = 16;
+    const SET_VRING_ENABLE: u32 = 18;
+    const V1: u32 = 1;
+    const NEED_REPLY: u32 = V1 | 0x8;
+
+    let offered = raw_call(&mut raw, GET_FEATURES, V1, &[]);
+    assert_ne!(offered & PROTOCOL_FEATURES, 0);
+    let proto = raw_call(&mut raw, GET_PROTOCOL_FEATURES, V1, &[]);
+    let wanted =
+        proto & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK).bits();
+    raw_send(&mut raw, SET_PROTOCOL_FEATURES, V1, &wanted.to_ne_bytes());
+    for ring in 0..2u32 {
+        let mut body = ring.to_ne_bytes().to_vec();
+        body.extend_from_slice(&1u32.to_ne_bytes());
+        assert_eq!(
+            raw_call(&mut raw, SET_VRING_ENABLE, NEED_REPLY, &body),
+            0,
+            "early SET_VRING_ENABLE {ring} refused"
+        );
+    }
+    let acked = offered & (GuestOpts::default().wanted);
+    assert_eq!(
+        raw_call(&mut raw, SET_FEATURES, NEED_REPLY, &acked.to_ne_bytes()),
+        0,
+        "SET_FEATURES refused"
+    );
+    // The replayed enables were accepted: the connection still answers,
+    // and no stray reply came before this one.
+    assert_eq!(raw_call(&mut raw, GET_FEATURES, V1, &[]), offered);
+    assert!(
+        !s.daemon.log_text().contains("frontend connection ended"),
+        "{}",
+        s.daemon.log_text()
+    );
+}
+
+fn raw_send(sock: &mut std::os::unix::net::UnixStream, code: u32, flags: u32, body: &[u8]) {
+    let mut msg = Vec::new();
+    for word in [code, flags, body.len() as u32] {
+        msg.extend_from_slice(&word.to_ne_bytes());
+    }
+    msg.extend_from_slice(body);
+    sock.write_all(&msg).expect("send a request");
+}
+
+/// Sends a request and reads its reply, which must carry one u64.
+fn raw_call(sock: &mut std::os::unix::net::UnixStream, code: u32, flags: u32, body: &[u8]) -> u64 {
+    raw_send(sock, code, flags, body);
+    let mut reply = [0u8; 20];
+    sock.read_exact(&mut reply)
+        .unwrap_or_else(|e| panic!("no reply to request {code}: {e}"));
+    let word = |i: usize| u32::from_ne_bytes(reply[i..i + 4].try_into().unwrap());
+    assert_eq!(word(0), code, "reply to another request");
+    assert_ne!(word(4) & 0x4, 0, "not a reply");
+    assert_eq!(word(8), 8, "not a u64 reply");
+    u64::from_ne_bytes(reply[12..20].try_into().unwrap())
+}
+
 #[test]
 fn bad_messages_get_an_error_and_the_daemon_keeps_listening() {
     let s = Setup::new(&[]);
     let host = PacketSock::open(&s.ns, TAP, true);
 
-    // A queue larger than the device allows: an error reply.
-    let g = FakeGuest::negotiate(&s.daemon.socket, &GuestOpts::default());
+    // A queue larger than the device allows: an error reply. zcnet refuses
+    // it itself, so the connection stays up (vhost-user-backend would have
+    // ended it) and the same frontend goes on to move a frame.
+    let mut g = FakeGuest::negotiate(&s.daemon.socket, &GuestOpts::default());
     g.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
     assert!(
         g.frontend.set_vring_num(0, 4096).is_err(),
         "oversized queue accepted"
     );
+    bring_up(&mut g);
+    tx_roundtrip(&mut g, &host, 3);
+    assert_refused_once(&s.daemon, "ring 0 size 4096");
     drop(g);
-    s.daemon.wait_log("frontend connection ended");
+    s.daemon
+        .wait_log("frontend disconnected; waiting for the next connection");
 
     // An unknown request code: the connection is closed, not hung.
     let mut raw = s.daemon.connect_raw();
@@ -167,7 +243,81 @@ fn bad_messages_get_an_error_and_the_daemon_keeps_listening() {
 
     // And the next frontend is served.
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
-    tx_roundtrip(&mut g, &host, 3);
+    tx_roundtrip(&mut g, &host, 4);
+}
+
+/// Field case: a frontend configured for 100-entry rings. A split ring's
+/// size must be a power of two; vhost-user-backend would keep its old size
+/// and zcnet would then run a 256-entry ring over the guest's 100-entry
+/// one.
+#[test]
+fn a_ring_size_that_is_not_a_power_of_two_is_refused_and_the_daemon_keeps_serving() {
+    let s = Setup::new(&[]);
+    let host = PacketSock::open(&s.ns, TAP, true);
+
+    // With REPLY_ACK: an error reply, and the same frontend goes on.
+    let mut g = FakeGuest::negotiate(&s.daemon.socket, &GuestOpts::default());
+    g.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    assert!(
+        g.frontend.set_vring_num(0, 100).is_err(),
+        "a 100-entry split ring accepted"
+    );
+    bring_up(&mut g);
+    tx_roundtrip(&mut g, &host, 30);
+    assert_refused_once(&s.daemon, "ring 0 size 100");
+    assert!(
+        s.daemon
+            .log_text()
+            .contains("a power of two from 1 to 1024 (zcnet runs with --queue-size 1024)"),
+        "the log does not say what to fix:\n{}",
+        s.daemon.log_text()
+    );
+    drop(g);
+
+    // Without REPLY_ACK the refusal cannot be answered, so zcnet closes
+    // the connection rather than let the frontend run a ring of a size
+    // zcnet does not use...
+    let opts = GuestOpts {
+        protocol: VhostUserProtocolFeatures::MQ,
+        ..GuestOpts::default()
+    };
+    let g = FakeGuest::negotiate(&s.daemon.socket, &opts);
+    g.frontend
+        .set_vring_num(0, 100)
+        .expect("sent; no ack is awaited without REPLY_ACK");
+    assert!(
+        g.frontend.get_features().is_err(),
+        "the connection is still up after a refusal the frontend cannot hear"
+    );
+    s.daemon.wait_log("could not learn of the refusal");
+    drop(g);
+
+    // ...and the next frontend is served.
+    let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
+    tx_roundtrip(&mut g, &host, 31);
+}
+
+/// Memory and both rings of pair 0, 256 entries, after negotiation.
+fn bring_up(g: &mut FakeGuest) {
+    g.set_mem_table();
+    for q in 0..2 {
+        g.start_ring(q, 256);
+    }
+    g.sync();
+}
+
+/// The daemon logged the refusal of `what` exactly once.
+fn assert_refused_once(daemon: &Daemon, what: &str) {
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches(what).count(),
+        1,
+        "the refusal of {what} is not logged once:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("refused SET_VRING_NUM from the frontend: {what}")),
+        "{log}"
+    );
 }
 
 #[test]
