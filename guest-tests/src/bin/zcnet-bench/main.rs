@@ -20,8 +20,6 @@
 mod chart;
 mod cpu;
 mod crew;
-mod fake_guest;
-mod harness;
 mod injector;
 mod machine;
 mod measure;
@@ -42,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use thiserror::Error;
+use zcnet_harness::daemon::{NoZcnetBin, ZcnetBin};
 
 use machine::Machine;
 use measure::{MeasureError, Side, Timing};
@@ -113,11 +112,8 @@ impl Plan {
 enum BenchError {
     #[error("zcnet-bench must run as root: it creates network namespaces and taps")]
     NotRoot,
-    #[error(
-        "no zcnet binary at {0}: build it with `cargo build --release -p zcnet`, \
-         or point ZCNET_BIN at one"
-    )]
-    NoZcnet(PathBuf),
+    #[error(transparent)]
+    NoZcnet(#[from] NoZcnetBin),
     #[error("workload {workload} on {side}, repetition {repetition}")]
     Measure {
         workload: &'static str,
@@ -170,10 +166,9 @@ fn run(args: &Args) -> Result<(), BenchError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(BenchError::NotRoot);
     }
-    let zcnet = zcnet_bin()?;
-    // The harness starts the binary that ZCNET_BIN names. Set while the
-    // process has one thread, before any measurement starts another.
-    std::env::set_var("ZCNET_BIN", &zcnet);
+    // ZCNET_BIN, or the zcnet beside this binary (both are built into the
+    // same target/release).
+    let zcnet = ZcnetBin::locate()?;
     let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
     let plan = Plan::new(args.quick);
     let command = command_line();
@@ -204,7 +199,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
         for w in Workload::ALL {
             for side in sides {
                 let s = match side {
-                    Side::Zcnet => measure::zcnet(w, repetition, plan.timing),
+                    Side::Zcnet => measure::zcnet(&zcnet, w, repetition, plan.timing),
                     Side::Raw => measure::raw(w, repetition, plan.timing),
                 }
                 .map_err(|source| BenchError::Measure {
@@ -234,14 +229,14 @@ fn run(args: &Args) -> Result<(), BenchError> {
         for &frame_len in plan.udp_sizes {
             for mode in modes {
                 let case = UdpCase { mode, frame_len };
-                let s = udp_measure::run(case, repetition, plan.udp_timing).map_err(|source| {
-                    BenchError::MeasureUdp {
+                let s = udp_measure::run(&zcnet, case, repetition, plan.udp_timing).map_err(
+                    |source| BenchError::MeasureUdp {
                         mode,
                         frame_len,
                         repetition,
                         source,
-                    }
-                })?;
+                    },
+                )?;
                 eprintln!(
                     "  {}/{} UDP {:<9} {:>5} B  {:>10.0} frames/s {:>8.3} Gbit/s \
                      {:>7.3} CPU s/GB  kernel copied {}/{} completed, {} buffers, \
@@ -261,7 +256,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
                 udp_samples.push(s);
             }
         }
-        let i = measure::idle(repetition, plan.timing)
+        let i = measure::idle(&zcnet, repetition, plan.timing)
             .map_err(|source| BenchError::Idle { repetition, source })?;
         eprintln!(
             "  {}/{} idle: zcnet used {:.3} s of CPU in {:.2} s",
@@ -278,7 +273,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
     let run = Run {
         command,
         machine,
-        zcnet_bin: zcnet.display().to_string(),
+        zcnet_bin: zcnet.path().display().to_string(),
         mode: plan.mode,
         repetitions: plan.repetitions,
         warmup_seconds: plan.timing.warmup.as_secs_f64(),
@@ -341,22 +336,6 @@ fn run(args: &Args) -> Result<(), BenchError> {
         return Err(BenchError::NoFrames(empty.join(", ")));
     }
     Ok(())
-}
-
-/// `ZCNET_BIN`, or the `zcnet` beside this binary (both are built into the
-/// same `target/release`).
-fn zcnet_bin() -> Result<PathBuf, BenchError> {
-    let bin = match std::env::var_os("ZCNET_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("zcnet")))
-            .unwrap_or_else(|| PathBuf::from("target/release/zcnet")),
-    };
-    if !bin.is_file() {
-        return Err(BenchError::NoZcnet(bin));
-    }
-    Ok(bin.canonicalize().unwrap_or(bin))
 }
 
 /// `target/bench` of the target directory this binary runs from.

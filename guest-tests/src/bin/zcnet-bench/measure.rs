@@ -4,7 +4,6 @@
 //! zcnet, its own counters checked.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,15 +13,15 @@ use thiserror::Error;
 
 use crate::cpu::{self, CpuOf};
 use crate::crew::{Crew, Role};
-use crate::fake_guest;
-use crate::harness::daemon::Daemon;
-use crate::harness::frames::PacketSock;
-use crate::harness::guest::{self, FakeGuest, GuestOpts};
-use crate::harness::netns::NetNs;
-use crate::harness::ring::Ring;
 use crate::injector;
 use crate::raw_tap::{self, RawTap};
 use crate::workload::{Direction, Workload};
+use zcnet_harness::daemon::{Daemon, ZcnetBin};
+use zcnet_harness::driver::{self, Counters};
+use zcnet_harness::frames::PacketSock;
+use zcnet_harness::guest::{self, FakeGuest, GuestOpts};
+use zcnet_harness::netns::NetNs;
+use zcnet_harness::ring::Ring;
 
 /// The tap's name inside each namespace (zcnet's and the raw tap's).
 const TAP: &str = "zb0";
@@ -71,28 +70,6 @@ pub enum MeasureError {
          (SO_ZEROCOPY refused? see its log):\n{log}"
     )]
     NothingLent { frames: u64, log: String },
-}
-
-/// Frames and their bytes (without the virtio-net header), added by the
-/// thread that moves them and read by the measuring thread.
-#[derive(Default)]
-pub struct Counters {
-    frames: AtomicU64,
-    bytes: AtomicU64,
-}
-
-impl Counters {
-    pub fn add(&self, frames: u64, bytes: u64) {
-        self.frames.fetch_add(frames, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    pub fn read(&self) -> (u64, u64) {
-        (
-            self.frames.load(Ordering::Relaxed),
-            self.bytes.load(Ordering::Relaxed),
-        )
-    }
 }
 
 /// What carries the frames.
@@ -248,9 +225,9 @@ struct ZcnetSetup {
 }
 
 impl ZcnetSetup {
-    fn new(pairs: usize) -> ZcnetSetup {
+    fn new(bin: &ZcnetBin, pairs: usize) -> ZcnetSetup {
         let ns = NetNs::new();
-        let daemon = Daemon::start(&ns, TAP, &["--queue-pairs", &pairs.to_string()]);
+        let daemon = Daemon::start(bin, &ns, TAP, &["--queue-pairs", &pairs.to_string()]);
         // zcnet opens (here: creates) the tap before it listens.
         ns.ip(&["link", "set", TAP, "up"]);
         let opts = GuestOpts {
@@ -313,12 +290,13 @@ impl ZcnetSetup {
 
 /// Runs `workload` through zcnet once.
 pub fn zcnet(
+    bin: &ZcnetBin,
     workload: Workload,
     repetition: usize,
     timing: Timing,
 ) -> Result<Sample, MeasureError> {
     let pairs = workload.pairs();
-    let mut s = ZcnetSetup::new(pairs);
+    let mut s = ZcnetSetup::new(bin, pairs);
     s.require(&[
         (guest::VERSION_1, "VERSION_1"),
         (guest::EVENT_IDX, "EVENT_IDX"),
@@ -349,24 +327,24 @@ pub fn zcnet(
         Direction::Tx => {
             let packet = traffic.with_hdr();
             for pair in 0..pairs {
-                let bufs = fake_guest::fill_buffers(&mut s.guest, queue_size, &packet);
+                let bufs = driver::fill_buffers(&mut s.guest, queue_size, &packet);
                 let ring = rings[2 * pair + 1].take().expect("TX ring");
                 let counters = Arc::clone(&delivered);
                 crew.spawn(format!("guest-tx{pair}"), Role::Feeder, move |stop| {
-                    fake_guest::run_tx(ring, bufs, &counters, stop);
+                    driver::run_tx(ring, bufs, &counters, stop);
                     Ok(())
                 });
             }
         }
         Direction::Rx => {
             let len = workload.rx_buffer_len();
-            let bufs = fake_guest::alloc_buffers(&mut s.guest, queue_size, len);
+            let bufs = driver::alloc_buffers(&mut s.guest, queue_size, len);
             let ring = rings[0].take().expect("RX ring");
             let mem = s.guest.mem.clone();
             let (whole, damaged) = (Arc::clone(&delivered), Arc::clone(&damaged));
             let frame_len = workload.frame_len();
             crew.spawn("guest-rx0".into(), Role::Feeder, move |stop| {
-                fake_guest::run_rx(ring, mem, bufs, frame_len, &whole, &damaged, stop);
+                driver::run_rx(ring, mem, bufs, frame_len, &whole, &damaged, stop);
                 Ok(())
             });
             spawn_injector(&mut crew, &s.ns, workload, &offered);
@@ -455,8 +433,8 @@ fn spawn_injector(crew: &mut Crew, ns: &NetNs, workload: Workload, offered: &Arc
 
 /// zcnet with a guest connected, every ring started and RX buffers posted,
 /// and no traffic.
-pub fn idle(repetition: usize, timing: Timing) -> Result<IdleSample, MeasureError> {
-    let mut s = ZcnetSetup::new(1);
+pub fn idle(bin: &ZcnetBin, repetition: usize, timing: Timing) -> Result<IdleSample, MeasureError> {
+    let mut s = ZcnetSetup::new(bin, 1);
     let queue_size = usize::from(QUEUE_SIZE);
     s.guest.post_rx(0, queue_size, 2048);
     let pid = s.daemon.pid();

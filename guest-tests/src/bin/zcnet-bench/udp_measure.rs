@@ -13,13 +13,13 @@ use serde::Serialize;
 
 use crate::cpu::{self, CpuOf};
 use crate::crew::{Crew, Role};
-use crate::fake_guest;
-use crate::harness::daemon::Daemon;
-use crate::harness::guest::{self, FakeGuest, GuestOpts};
-use crate::harness::ring::Ring;
-use crate::harness::udp_lab::{Path, UdpLab};
-use crate::measure::{self, Counters, MeasureError, Timing, QUEUE_SIZE};
+use crate::measure::{self, MeasureError, Timing, QUEUE_SIZE};
 use crate::udp::{self, TxMode, UdpCase};
+use zcnet_harness::daemon::{Daemon, ZcnetBin};
+use zcnet_harness::driver::{self, Counters};
+use zcnet_harness::guest::{self, FakeGuest, GuestOpts};
+use zcnet_harness::ring::Ring;
+use zcnet_harness::udp_lab::{Path, UdpLab};
 
 /// The longest the warm-up waits for one pass through every buffer.
 const WARMUP_LIMIT: Duration = Duration::from_secs(30);
@@ -71,8 +71,13 @@ pub struct UdpSample {
 }
 
 /// Runs `case` through zcnet once.
-pub fn run(case: UdpCase, repetition: usize, timing: Timing) -> Result<UdpSample, MeasureError> {
-    let mut lab = UdpLab::new(Path::Ifb, case.mode.zcnet_args());
+pub fn run(
+    bin: &ZcnetBin,
+    case: UdpCase,
+    repetition: usize,
+    timing: Timing,
+) -> Result<UdpSample, MeasureError> {
+    let mut lab = UdpLab::new(bin, Path::Ifb, case.mode.zcnet_args());
     let opts = GuestOpts {
         queue_size: QUEUE_SIZE,
         ..GuestOpts::default()
@@ -89,7 +94,7 @@ pub fn run(case: UdpCase, repetition: usize, timing: Timing) -> Result<UdpSample
     let packet = case.packet();
     let room = guest.buffer_room();
     let count = udp::cold_buffers(room, packet.len());
-    let bufs = fake_guest::fill_buffers(&mut guest, count, &packet);
+    let bufs = driver::fill_buffers(&mut guest, count, &packet);
     let span = room - guest.buffer_room();
     // rings[1] is TX; the RX ring stays here, without buffers (an ifb
     // delivers nothing).
@@ -103,7 +108,7 @@ pub fn run(case: UdpCase, repetition: usize, timing: Timing) -> Result<UdpSample
     let counters = Arc::clone(&delivered);
     let started = Instant::now();
     crew.spawn("guest-tx0".into(), Role::Feeder, move |stop| {
-        fake_guest::run_tx(ring, bufs, &counters, stop);
+        driver::run_tx(ring, bufs, &counters, stop);
         Ok(())
     });
 

@@ -6,16 +6,16 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use super::daemon::Daemon;
-use super::netns::NetNs;
+use crate::daemon::{Daemon, ZcnetBin};
+use crate::netns::NetNs;
 
 pub const LOCAL: &str = "10.9.0.1:7000";
-pub const REMOTE: &str = "10.9.0.2:7000";
+const REMOTE: &str = "10.9.0.2:7000";
 
 pub struct UdpLab {
     pub daemon: Daemon,
     /// The receiving namespace (veth topologies only).
-    pub peer: Option<NetNs>,
+    peer: Option<NetNs>,
     pub ns: NetNs,
 }
 
@@ -28,7 +28,7 @@ pub enum Path {
 }
 
 impl UdpLab {
-    pub fn new(path: Path, extra: &[&str]) -> UdpLab {
+    pub fn new(bin: &ZcnetBin, path: Path, extra: &[&str]) -> UdpLab {
         let (ns, peer) = match path {
             Path::Ifb => {
                 let ns = NetNs::new();
@@ -45,7 +45,7 @@ impl UdpLab {
         let udp = format!("{LOCAL},{REMOTE}");
         let mut args = vec!["--udp", udp.as_str()];
         args.extend_from_slice(extra);
-        let daemon = Daemon::start_args(&ns, &args);
+        let daemon = Daemon::start_args(bin, &ns, &args);
         UdpLab { daemon, peer, ns }
     }
 
