@@ -3,7 +3,7 @@
 //! machine.
 //!
 //! It drives the real `zcnet` binary over its real vhost-user socket with
-//! the backend's fake-guest harness (no VM), on a tap in its own network
+//! the fake guest of zcnet-harness (no VM), on a tap in its own network
 //! namespace, and measures each workload against a raw tap writer (or
 //! reader) in another namespace. Then it sends through `--udp` out of an
 //! `ifb` device, with zero-copy on and off, over a sweep of frame sizes
@@ -14,7 +14,7 @@
 //!
 //! ```sh
 //! cargo build --release -p zcnet
-//! cargo run --release -p guest-tests --bin zcnet-bench -- [--quick] [--out DIR]
+//! cargo run --release -p zcnet-bench -- [--quick] [--out DIR]
 //! ```
 
 mod chart;
