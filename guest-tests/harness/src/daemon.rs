@@ -223,25 +223,41 @@ impl Daemon {
 
     /// The value of an unlabelled metric in a scrape.
     pub fn global_metric(text: &str, metric: &str) -> u64 {
-        let prefix = format!("{metric} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {metric} in:\n{text}"))
-            .trim()
-            .parse()
-            .expect("numeric metric")
+        sample_value(text, &format!("{metric} "))
     }
 
     /// The value of `metric{queue="q"}` in a scrape.
     pub fn metric(text: &str, metric: &str, queue: usize) -> u64 {
-        let prefix = format!("{metric}{{queue=\"{queue}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
-            .trim()
-            .parse()
-            .expect("numeric metric")
+        sample_value(text, &format!("{metric}{{queue=\"{queue}\"}} "))
     }
+
+    /// Waits (bounded) until a queue-0 counter of the zcnet in `ns`
+    /// reaches `value`; returns that scrape.
+    pub fn wait_metric(ns: &NetNs, metric: &str, value: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = Daemon::scrape(ns);
+            if Daemon::metric(&m, metric, 0) >= value {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{metric} never reached {value}:\n{m}"
+            );
+            std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
+        }
+    }
+}
+
+/// The value on the line of a scrape that starts with `prefix` (the
+/// metric's name, its labels and a space).
+fn sample_value(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {} in:\n{text}", prefix.trim_end()))
+        .trim()
+        .parse()
+        .expect("numeric metric")
 }
 
 impl Drop for Daemon {

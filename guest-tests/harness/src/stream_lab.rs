@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -83,7 +83,7 @@ impl StreamLab {
 
     /// Waits (bounded) until a queue-0 counter reaches `value`.
     pub fn wait_metric(&self, metric: &str, value: u64) -> String {
-        wait_metric(&self.ns, metric, value)
+        Daemon::wait_metric(&self.ns, metric, value)
     }
 }
 
@@ -131,21 +131,4 @@ pub fn reset(s: TcpStream) {
     )
     .expect("SO_LINGER");
     drop(s);
-}
-
-/// Waits (bounded) until a queue-0 counter of the zcnet in `ns` reaches
-/// `value`.
-pub fn wait_metric(ns: &NetNs, metric: &str, value: u64) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let m = Daemon::scrape(ns);
-        if Daemon::metric(&m, metric, 0) >= value {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{metric} never reached {value}:\n{m}"
-        );
-        std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
-    }
 }

@@ -4,7 +4,7 @@
 //! into a second namespace where a test socket receives them.
 
 use std::net::UdpSocket;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::daemon::{Daemon, ZcnetBin};
 use crate::netns::NetNs;
@@ -71,17 +71,6 @@ impl UdpLab {
 
     /// Waits (bounded) until a queue-0 counter reaches `value`.
     pub fn wait_metric(&self, metric: &str, value: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let m = Daemon::scrape(&self.ns);
-            if Daemon::metric(&m, metric, 0) >= value {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{metric} never reached {value}:\n{m}"
-            );
-            std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
-        }
+        Daemon::wait_metric(&self.ns, metric, value)
     }
 }
