@@ -25,10 +25,8 @@ mod machine;
 mod measure;
 mod raw_tap;
 mod report;
+mod sample;
 mod udp;
-mod udp_chart;
-mod udp_measure;
-mod udp_report;
 mod workload;
 
 use std::error::Error as _;
@@ -43,7 +41,8 @@ use thiserror::Error;
 use zcnet_harness::daemon::{NoZcnetBin, ZcnetBin};
 
 use machine::Machine;
-use measure::{MeasureError, Side, Timing};
+use measure::tap::Side;
+use measure::{MeasureError, Timing};
 use report::Run;
 use udp::{TxMode, UdpCase};
 use workload::Workload;
@@ -199,8 +198,8 @@ fn run(args: &Args) -> Result<(), BenchError> {
         for w in Workload::ALL {
             for side in sides {
                 let s = match side {
-                    Side::Zcnet => measure::zcnet(&zcnet, w, repetition, plan.timing),
-                    Side::Raw => measure::raw(w, repetition, plan.timing),
+                    Side::Zcnet => measure::tap::zcnet(&zcnet, w, repetition, plan.timing),
+                    Side::Raw => measure::tap::raw(w, repetition, plan.timing),
                 }
                 .map_err(|source| BenchError::Measure {
                     workload: w.id(),
@@ -214,8 +213,8 @@ fn run(args: &Args) -> Result<(), BenchError> {
                     plan.repetitions,
                     w.title(),
                     side.to_string(),
-                    s.frames as f64 / s.seconds,
-                    s.bytes as f64 * 8.0 / s.seconds / 1e9
+                    s.sample.frames_per_second(),
+                    s.sample.gbit_per_second()
                 );
                 samples.push(s);
             }
@@ -229,7 +228,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
         for &frame_len in plan.udp_sizes {
             for mode in modes {
                 let case = UdpCase { mode, frame_len };
-                let s = udp_measure::run(&zcnet, case, repetition, plan.udp_timing).map_err(
+                let s = measure::udp::run(&zcnet, case, repetition, plan.udp_timing).map_err(
                     |source| BenchError::MeasureUdp {
                         mode,
                         frame_len,
@@ -245,9 +244,9 @@ fn run(args: &Args) -> Result<(), BenchError> {
                     plan.repetitions,
                     mode.to_string(),
                     frame_len,
-                    s.frames as f64 / s.seconds,
-                    s.bytes as f64 * 8.0 / s.seconds / 1e9,
-                    s.cpu_seconds / s.bytes as f64 * 1e9,
+                    s.sample.frames_per_second(),
+                    s.sample.gbit_per_second(),
+                    s.sample.cpu_seconds_per_gb(),
                     s.zcnet.zerocopy_copied,
                     s.zcnet.zerocopy_completed,
                     s.buffers,
@@ -256,7 +255,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
                 udp_samples.push(s);
             }
         }
-        let i = measure::idle(&zcnet, repetition, plan.timing)
+        let i = measure::tap::idle(&zcnet, repetition, plan.timing)
             .map_err(|source| BenchError::Idle { repetition, source })?;
         eprintln!(
             "  {}/{} idle: zcnet used {:.3} s of CPU in {:.2} s",
@@ -268,8 +267,8 @@ fn run(args: &Args) -> Result<(), BenchError> {
         idle.push(i);
     }
 
-    let summary = report::summarize(&samples);
-    let udp = udp_report::summarize(&udp_samples, plan.udp_sizes);
+    let summary = report::tap::summarize(&samples);
+    let udp = report::udp::summarize(&udp_samples, plan.udp_sizes);
     let run = Run {
         command,
         machine,
@@ -307,10 +306,10 @@ fn run(args: &Args) -> Result<(), BenchError> {
             run.machine.kernel
         )
     };
-    chart::draw(&svg_path, &run.summary, &subtitle(run.window_seconds))
+    chart::draw_tap(&svg_path, &run.summary, &subtitle(run.window_seconds))
         .map_err(|e| BenchError::Chart(svg_path.clone(), e))?;
     let udp_svg_path = out_dir.join("bench-udp.svg");
-    udp_chart::draw(&udp_svg_path, &run.udp, &subtitle(run.udp_window_seconds))
+    chart::draw_udp(&udp_svg_path, &run.udp, &subtitle(run.udp_window_seconds))
         .map_err(|e| BenchError::Chart(udp_svg_path.clone(), e))?;
     println!("\nRaw numbers (every repetition): {}", json_path.display());
     println!("Charts: {}, {}", svg_path.display(), udp_svg_path.display());
@@ -323,14 +322,19 @@ fn run(args: &Args) -> Result<(), BenchError> {
     let empty: Vec<String> = run
         .samples
         .iter()
-        .filter(|s| s.frames == 0)
+        .filter(|s| s.sample.frames == 0)
         .map(|s| format!("{} on {} (repetition {})", s.workload, s.side, s.repetition))
-        .chain(run.udp_samples.iter().filter(|s| s.frames == 0).map(|s| {
-            format!(
-                "UDP {} {} B (repetition {})",
-                s.mode, s.frame_len, s.repetition
-            )
-        }))
+        .chain(
+            run.udp_samples
+                .iter()
+                .filter(|s| s.sample.frames == 0)
+                .map(|s| {
+                    format!(
+                        "UDP {} {} B (repetition {})",
+                        s.mode, s.frame_len, s.repetition
+                    )
+                }),
+        )
         .collect();
     if !empty.is_empty() {
         return Err(BenchError::NoFrames(empty.join(", ")));
