@@ -233,7 +233,7 @@ impl Daemon {
 
     /// Waits (bounded) until a queue-0 counter of the zcnet in `ns`
     /// reaches `value`; returns that scrape.
-    pub fn wait_metric(ns: &NetNs, metric: &str, value: u64) -> String {
+    pub(crate) fn wait_metric(ns: &NetNs, metric: &str, value: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let m = Daemon::scrape(ns);
