@@ -37,7 +37,7 @@ step "unit and integration tests (real tap, real vhost-user socket, memfd guest 
 cargo test --workspace --release --exclude guest-tests
 
 step "benchmark command, --quick (shows it runs; timing is never asserted)"
-cargo run --release -p guest-tests --bin zcnet-bench -- --quick
+cargo run --release -p zcnet-bench -- --quick
 
 step "guest tests (QEMU TCG guest, -netdev vhost-user on zcnet, iperf3)"
 ZCNET_BIN="$PWD/target/release/zcnet" \

@@ -2,15 +2,18 @@
 //! length 0 and is counted, and the daemon goes on serving. The frame after
 //! the bad one still comes out of the tap, and the bad one never does.
 
-mod common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
-use common::guest::{FakeGuest, GuestOpts, HDR_LEN, HOST_TSO6, MEM_SIZE};
-use common::ring::{Desc, F_INDIRECT, F_NEXT};
-use common::{Setup, TAP};
+use zcnet_harness::daemon::{Daemon, ZcnetBin};
+use zcnet_harness::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
+use zcnet_harness::guest::{FakeGuest, GuestOpts, HDR_LEN, HOST_TSO6, MEM_SIZE};
+use zcnet_harness::ring::{Desc, F_INDIRECT, F_NEXT};
+use zcnet_harness::setup::{Setup, TAP};
+
+/// The zcnet that Cargo built for these tests.
+fn zcnet() -> ZcnetBin {
+    ZcnetBin::at(env!("CARGO_BIN_EXE_zcnet"))
+}
 
 const BAD_TAG: u32 = 0xbad;
 const GOOD_TAG: u32 = 0x600d;
@@ -27,7 +30,7 @@ fn bad_bytes(g: &mut FakeGuest, len: usize) -> (u64, usize) {
 /// Runs `bad` to queue one malformed TX chain (returning its head), then
 /// queues a good frame, and checks what a user cares about.
 fn tx_case(opts: GuestOpts, bad: impl FnOnce(&mut FakeGuest) -> u16) {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let mut g = FakeGuest::connect(&s.daemon.socket, &opts);
     let bad_head = bad(&mut g);
@@ -239,7 +242,7 @@ fn checksum_offset_outside_the_frame() {
 
 #[test]
 fn read_only_descriptor_on_rx() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, false);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
     let bad_addr = g.alloc(2048);

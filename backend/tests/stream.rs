@@ -4,20 +4,25 @@
 //! peer is lost, reconnection, and two zcnets carrying a 64 KiB TSO frame
 //! whole with its virtio-net header.
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::frames::{self, GUEST_MAC, HOST_MAC};
-use common::guest::{self, FakeGuest, GuestOpts, HDR_LEN};
-use common::netns::NetNs;
-use common::ring::Used;
-use common::stream_lab::{self, accept, read_record, reset, write_record, Role, StreamLab, WAIT};
+use zcnet_harness::daemon::{Daemon, ZcnetBin};
+use zcnet_harness::frames::{self, GUEST_MAC, HOST_MAC};
+use zcnet_harness::guest::{self, FakeGuest, GuestOpts, HDR_LEN};
+use zcnet_harness::netns::NetNs;
+use zcnet_harness::ring::Used;
+use zcnet_harness::stream_lab::{
+    self, accept, read_record, reset, write_record, Role, StreamLab, WAIT,
+};
+
+/// The zcnet that Cargo built for these tests.
+fn zcnet() -> ZcnetBin {
+    ZcnetBin::at(env!("CARGO_BIN_EXE_zcnet"))
+}
 
 fn frame(len: usize, tag: u32) -> Vec<u8> {
     frames::test_frame(len, tag, HOST_MAC, GUEST_MAC)
@@ -81,7 +86,7 @@ fn rx_frames(g: &FakeGuest, used: &[Used], bufs: &[(u16, u64)]) -> Vec<Vec<u8>> 
 }
 
 fn both_directions_with_raw_frames(role: Role) {
-    let (lab, listener) = StreamLab::new(role, &[]);
+    let (lab, listener) = StreamLab::new(&zcnet(), role, &[]);
     let mut g = FakeGuest::connect(&lab.daemon.socket, &GuestOpts::default());
     assert_eq!(
         g.acked & (guest::CSUM | guest::HOST_TSO4),
@@ -168,6 +173,7 @@ fn lend_four_held_frames(lab: &StreamLab, g: &mut FakeGuest) -> (Vec<Vec<u8>>, V
 #[test]
 fn lent_frames_are_held_until_tcp_has_them_acknowledged() {
     let (lab, listener) = StreamLab::new(
+        &zcnet(),
         Role::Connect,
         &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
     );
@@ -194,6 +200,7 @@ fn lent_frames_are_held_until_tcp_has_them_acknowledged() {
 #[test]
 fn a_lost_peer_returns_every_lent_chain_once_and_zcnet_reconnects() {
     let (lab, listener) = StreamLab::new(
+        &zcnet(),
         Role::Connect,
         &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
     );
@@ -239,6 +246,7 @@ fn a_lost_peer_returns_every_lent_chain_once_and_zcnet_reconnects() {
 #[test]
 fn a_peer_that_closes_while_frames_are_held_gets_them_back_by_a_reset() {
     let (lab, listener) = StreamLab::new(
+        &zcnet(),
         Role::Connect,
         &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
     );
@@ -263,7 +271,7 @@ fn a_peer_that_closes_while_frames_are_held_gets_them_back_by_a_reset() {
 
 #[test]
 fn a_listener_serves_the_next_peer_when_one_leaves() {
-    let (lab, _) = StreamLab::new(Role::Listen, &[]);
+    let (lab, _) = StreamLab::new(&zcnet(), Role::Listen, &[]);
     let mut g = FakeGuest::connect(&lab.daemon.socket, &GuestOpts::default());
     let bufs = g.post_rx(0, 8, 4096);
     let mut first = lab.connect();
@@ -300,7 +308,7 @@ fn a_listener_serves_the_next_peer_when_one_leaves() {
 
 #[test]
 fn waiting_frames_without_guest_buffers_do_not_spin_the_worker() {
-    let (lab, listener) = StreamLab::new(Role::Connect, &[]);
+    let (lab, listener) = StreamLab::new(&zcnet(), Role::Connect, &[]);
     let mut g = FakeGuest::connect(&lab.daemon.socket, &GuestOpts::default());
     let mut peer = peer_of(&lab, listener);
     // Connected (a frame got through), then a frame the guest has no
@@ -347,6 +355,7 @@ fn waiting_frames_without_guest_buffers_do_not_spin_the_worker() {
 /// so the socket fills and TX must wait (or finish a record later).
 fn randomized_run(frames: usize, round_len: usize, slow: bool) {
     let (lab, listener) = StreamLab::new(
+        &zcnet(),
         Role::Connect,
         &["--zerocopy", "on", "--zerocopy-min-bytes", "4096"],
     );
@@ -458,10 +467,12 @@ fn a_slow_peer_makes_tx_wait_and_records_stay_whole() {
 fn two_zcnets_carry_a_64k_tso_frame_whole_with_its_header() {
     let (ns_a, ns_b) = NetNs::veth_pair();
     let a = Daemon::start_args(
+        &zcnet(),
         &ns_a,
         &["--stream-listen", stream_lab::ZCNET_ADDR, "--vnet-hdr-peer"],
     );
     let b = Daemon::start_args(
+        &zcnet(),
         &ns_b,
         &[
             "--stream-connect",

@@ -2,21 +2,24 @@
 //! the tap byte for byte, frames sent into the tap land in the guest's
 //! buffers with the right header, on one queue pair and on two.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
-use common::guest::{FakeGuest, GuestOpts, HDR_LEN};
-use common::{Setup, TAP};
+use zcnet_harness::daemon::{Daemon, ZcnetBin};
+use zcnet_harness::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
+use zcnet_harness::guest::{FakeGuest, GuestOpts, HDR_LEN};
+use zcnet_harness::setup::{Setup, TAP};
+
+/// The zcnet that Cargo built for these tests.
+fn zcnet() -> ZcnetBin {
+    ZcnetBin::at(env!("CARGO_BIN_EXE_zcnet"))
+}
 
 const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn tx_frames_come_out_of_the_tap_byte_for_byte() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
 
@@ -76,7 +79,7 @@ fn tx_frames_come_out_of_the_tap_byte_for_byte() {
 
 #[test]
 fn rx_frames_land_in_guest_buffers_with_a_header() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, false);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
     // Room for the largest (64 KiB GSO) frame: zcnet waits for that much.
@@ -116,7 +119,7 @@ fn rx_frames_land_in_guest_buffers_with_a_header() {
 
 #[test]
 fn rx_gso_frame_spans_mergeable_buffers() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
     const BUF: usize = 4096;
@@ -157,7 +160,7 @@ fn rx_gso_frame_spans_mergeable_buffers() {
 
 #[test]
 fn rx_gso_frame_waits_for_room_and_is_never_delivered_cut() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
     const BUF: usize = 4096;
@@ -188,7 +191,7 @@ fn rx_gso_frame_waits_for_room_and_is_never_delivered_cut() {
 
 #[test]
 fn two_queue_pairs_carry_traffic_at_once() {
-    let s = Setup::new(&["--queue-pairs", "2"]);
+    let s = Setup::new(&zcnet(), &["--queue-pairs", "2"]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let opts = GuestOpts {
         pairs: 2,

@@ -2,22 +2,25 @@
 //! bad messages, disconnect and reconnect, GET_VRING_BASE, SIGTERM, and
 //! bad command lines.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
-use common::guest::*;
-use common::netns::NetNs;
-use common::{Setup, TAP};
 use nix::sys::signal::Signal;
-use vhost::vhost_user::message::{
+use zcnet_harness::daemon::{Daemon, ZcnetBin};
+use zcnet_harness::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
+use zcnet_harness::guest::*;
+use zcnet_harness::netns::NetNs;
+use zcnet_harness::setup::{Setup, TAP};
+use zcnet_harness::vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
 };
-use vhost::vhost_user::VhostUserFrontend;
-use vhost::VhostBackend;
+use zcnet_harness::vhost::vhost_user::VhostUserFrontend;
+use zcnet_harness::vhost::VhostBackend;
+
+/// The zcnet that Cargo built for these tests.
+fn zcnet() -> ZcnetBin {
+    ZcnetBin::at(env!("CARGO_BIN_EXE_zcnet"))
+}
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -36,7 +39,7 @@ fn tx_roundtrip(g: &mut FakeGuest, host: &PacketSock, tag: u32) {
 
 #[test]
 fn qemu_negotiation_offers_offloads_and_no_in_order() {
-    let s = Setup::new(&["--queue-pairs", "2"]);
+    let s = Setup::new(&zcnet(), &["--queue-pairs", "2"]);
     let opts = GuestOpts {
         pairs: 2,
         wanted: u64::MAX,
@@ -78,14 +81,17 @@ fn qemu_negotiation_offers_offloads_and_no_in_order() {
 
 #[test]
 fn cloud_hypervisor_negotiation_with_memory_slots_and_config() {
-    let s = Setup::new(&[
-        "--queue-pairs",
-        "2",
-        "--mac",
-        "52:54:00:aa:bb:cc",
-        "--mtu",
-        "9000",
-    ]);
+    let s = Setup::new(
+        &zcnet(),
+        &[
+            "--queue-pairs",
+            "2",
+            "--mac",
+            "52:54:00:aa:bb:cc",
+            "--mtu",
+            "9000",
+        ],
+    );
     let opts = GuestOpts {
         pairs: 2,
         wanted: GuestOpts::default().wanted | IN_ORDER | MTU,
@@ -211,7 +217,7 @@ fn raw_call(sock: &mut std::os::unix::net::UnixStream, code: u32, flags: u32, bo
 
 #[test]
 fn bad_messages_get_an_error_and_the_daemon_keeps_listening() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, true);
 
     // A queue larger than the device allows: an error reply. zcnet refuses
@@ -322,7 +328,7 @@ fn assert_refused_once(daemon: &Daemon, what: &str) {
 
 #[test]
 fn a_reconnecting_frontend_finds_the_daemon_serving() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
     tx_roundtrip(&mut g, &host, 10);
@@ -355,7 +361,7 @@ fn a_reconnecting_frontend_finds_the_daemon_serving() {
 
 #[test]
 fn get_vring_base_stops_the_queue() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let raw = PacketSock::open(&s.ns, TAP, false);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
@@ -384,7 +390,7 @@ fn get_vring_base_stops_the_queue() {
 
 #[test]
 fn sigterm_stops_cleanly_and_removes_the_socket() {
-    let mut s = Setup::new(&[]);
+    let mut s = Setup::new(&zcnet(), &[]);
     let _g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
     let status = s.daemon.signal_and_wait(Signal::SIGTERM);
     assert!(status.success(), "exit status {status}");

@@ -3,18 +3,21 @@
 //! notification, GET_VRING_BASE draining them, and nothing lost, doubled
 //! or returned early.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::frames::{self, GUEST_MAC, HOST_MAC};
-use common::guest::{FakeGuest, GuestOpts, HDR_LEN};
-use common::udp_lab::{Path, UdpLab};
-use vhost::VhostBackend;
+use zcnet_harness::daemon::{Daemon, ZcnetBin};
+use zcnet_harness::frames::{self, GUEST_MAC, HOST_MAC};
+use zcnet_harness::guest::{FakeGuest, GuestOpts, HDR_LEN};
+use zcnet_harness::udp_lab::{Path, UdpLab};
+use zcnet_harness::vhost::VhostBackend;
+
+/// The zcnet that Cargo built for these tests.
+fn zcnet() -> ZcnetBin {
+    ZcnetBin::at(env!("CARGO_BIN_EXE_zcnet"))
+}
 
 fn frame(len: usize, tag: u32) -> Vec<u8> {
     frames::test_frame(len, tag, HOST_MAC, GUEST_MAC)
@@ -53,12 +56,13 @@ fn release(lab: &UdpLab) {
 #[test]
 fn lent_pages_reach_an_ifb_wire_uncopied_and_every_chain_returns_once() {
     let lab = UdpLab::new(
+        &zcnet(),
         Path::Ifb,
         &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
     );
     let mut g = connect(&lab);
     assert_eq!(
-        g.acked & common::guest::CSUM,
+        g.acked & zcnet_harness::guest::CSUM,
         0,
         "raw UDP frames cannot carry offloads"
     );
@@ -91,7 +95,7 @@ fn lent_pages_reach_an_ifb_wire_uncopied_and_every_chain_returns_once() {
 
 #[test]
 fn local_delivery_is_reported_copied_and_auto_backs_off_to_copying() {
-    let lab = UdpLab::new(Path::Veth, &["--zerocopy-min-bytes", "1000"]);
+    let lab = UdpLab::new(&zcnet(), Path::Veth, &["--zerocopy-min-bytes", "1000"]);
     let rx = lab.receiver();
     let mut g = connect(&lab);
     let sent: Vec<Vec<u8>> = (0..100).map(|t| frame(20_000, t)).collect();
@@ -135,6 +139,7 @@ fn local_delivery_is_reported_copied_and_auto_backs_off_to_copying() {
 #[test]
 fn a_lent_chain_is_not_used_before_the_kernel_releases_its_pages() {
     let lab = UdpLab::new(
+        &zcnet(),
         Path::Veth,
         &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
     );
@@ -176,6 +181,7 @@ fn a_lent_chain_is_not_used_before_the_kernel_releases_its_pages() {
 #[test]
 fn get_vring_base_waits_for_lent_chains_before_it_answers() {
     let lab = UdpLab::new(
+        &zcnet(),
         Path::Veth,
         &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
     );
@@ -231,6 +237,7 @@ fn get_vring_base_waits_for_lent_chains_before_it_answers() {
 #[test]
 fn an_expired_drain_abandons_chains_and_nothing_is_written_after_the_reply() {
     let lab = UdpLab::new(
+        &zcnet(),
         Path::Veth,
         &[
             "--zerocopy",
@@ -273,6 +280,7 @@ fn randomized_run_loses_duplicates_and_returns_early_nothing() {
     const FRAMES: usize = 100_000;
     const ROUND: usize = 96;
     let lab = UdpLab::new(
+        &zcnet(),
         Path::Veth,
         &["--zerocopy", "on", "--zerocopy-min-bytes", "4096"],
     );
@@ -365,13 +373,13 @@ fn randomized_run_loses_duplicates_and_returns_early_nothing() {
 
 #[test]
 fn datagrams_from_the_peer_land_in_guest_buffers_with_a_plain_header() {
-    let lab = UdpLab::new(Path::Veth, &[]);
+    let lab = UdpLab::new(&zcnet(), Path::Veth, &[]);
     let peer = lab.receiver();
     let mut g = connect(&lab);
     let bufs = g.post_rx(0, 8, 2048);
     let sent = [frame(60, 1), frame(1514, 2)];
     for f in &sent {
-        peer.send_to(f, common::udp_lab::LOCAL)
+        peer.send_to(f, zcnet_harness::udp_lab::LOCAL)
             .expect("send to zcnet");
     }
     let used = g.wait_rx_used(0, 2);
@@ -403,6 +411,7 @@ fn an_unreachable_udp_peer_costs_frames_not_chains() {
     // with ICMP port unreachable, which a connected UDP socket reports as
     // ECONNREFUSED on a later send.
     let lab = UdpLab::new(
+        &zcnet(),
         Path::Veth,
         &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
     );

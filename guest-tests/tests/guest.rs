@@ -1,18 +1,16 @@
 //! A real Linux guest under QEMU (TCG) with `-netdev vhost-user` on the
 //! real zcnet binary, running iperf3 against a server in a network
-//! namespace. See `common/` for the harness and `image/` for the guest.
-
-mod common;
+//! namespace. See `harness/` (zcnet-harness) for the harness and `image/`
+//! for the guest.
 
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::lab::{Lab, TapKind, TAP};
-use common::results::{guest_features, iperf, marker_value, Iperf};
-use common::vm::{Nic, Vm, VmSpec};
-use common::{one_guest_at_a_time, skip_requested};
-use vhost::vhost_user::Frontend;
-use vhost::VhostBackend;
+use guest_tests::results::{guest_features, iperf, marker_value, Iperf};
+use zcnet_harness::daemon::{Daemon, ZcnetBin};
+use zcnet_harness::lab::{Lab, TapKind, TAP};
+use zcnet_harness::vhost::vhost_user::Frontend;
+use zcnet_harness::vhost::VhostBackend;
+use zcnet_harness::vm::{one_guest_at_a_time, skip_requested, Nic, Vm, VmSpec};
 
 /// A guest run that moved less than this did not really carry traffic.
 /// A floor of data moved, not a speed: timing never decides a test.
@@ -60,7 +58,7 @@ fn single_queue_iperf3_both_ways_with_offloads_and_qemu_tap_comparison() {
         return;
     }
     let lab = Lab::new(TapKind::MultiQueue, &[5201]);
-    let daemon = Daemon::start(&lab.ns, TAP, &[]);
+    let daemon = Daemon::start(&ZcnetBin::from_env(), &lab.ns, TAP, &[]);
     let mut vm = zcnet_guest("zcnet 1 queue", &daemon, 1, 1, "iperf");
     let console = vm.wait_done(BOOT_AND_RUN);
 
@@ -143,7 +141,7 @@ fn multiqueue_two_pairs_both_carry_traffic() {
         return;
     }
     let lab = Lab::new(TapKind::MultiQueue, &[5201, 5202]);
-    let daemon = Daemon::start(&lab.ns, TAP, &["--queue-pairs", "2"]);
+    let daemon = Daemon::start(&ZcnetBin::from_env(), &lab.ns, TAP, &["--queue-pairs", "2"]);
     let mut vm = zcnet_guest("zcnet 2 queues", &daemon, 2, 2, "mq");
     let console = vm.wait_done(BOOT_AND_RUN);
 
@@ -181,7 +179,7 @@ fn zcnet_killed_and_restarted_while_the_guest_runs() {
         return;
     }
     let lab = Lab::new(TapKind::MultiQueue, &[5201]);
-    let mut daemon = Daemon::start(&lab.ns, TAP, &[]);
+    let mut daemon = Daemon::start(&ZcnetBin::from_env(), &lab.ns, TAP, &[]);
     let mut vm = zcnet_guest("zcnet reconnect", &daemon, 1, 1, "reconnect");
     vm.wait_marker("ZCNET-PHASE1-OK", BOOT_AND_RUN);
 
@@ -209,7 +207,7 @@ fn guest_power_off_stops_the_rings_and_zcnet_waits_for_the_next_vm() {
         return;
     }
     let lab = Lab::new(TapKind::MultiQueue, &[]);
-    let daemon = Daemon::start(&lab.ns, TAP, &[]);
+    let daemon = Daemon::start(&ZcnetBin::from_env(), &lab.ns, TAP, &[]);
     let mut vm = zcnet_guest("zcnet shutdown", &daemon, 1, 1, "shutdown");
     let console = vm.wait_done(BOOT_AND_RUN);
     assert!(

@@ -2,15 +2,12 @@
 //! zcnet (`--udp`), guest B on QEMU's own `-netdev dgram` pointed at zcnet.
 //! They ping each other and run iperf3 both ways.
 
-mod common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::netns::NetNs;
-use common::results::iperf;
-use common::vm::{Nic, Vm, VmSpec};
-use common::{one_guest_at_a_time, skip_requested};
+use guest_tests::results::iperf;
+use zcnet_harness::daemon::{Daemon, ZcnetBin};
+use zcnet_harness::netns::NetNs;
+use zcnet_harness::vm::{one_guest_at_a_time, skip_requested, Nic, Vm, VmSpec};
 
 const BOOT_AND_RUN: Duration = Duration::from_secs(300);
 const FLOOR_BYTES: u64 = 10 << 20;
@@ -23,7 +20,11 @@ fn zcnet_udp_guest_and_qemu_dgram_guest_talk_both_ways() {
     }
     // Loopback only: the "wire" is two UDP sockets on 127.0.0.1.
     let ns = NetNs::new();
-    let daemon = Daemon::start_args(&ns, &["--udp", "127.0.0.1:7000,127.0.0.1:7001"]);
+    let daemon = Daemon::start_args(
+        &ZcnetBin::from_env(),
+        &ns,
+        &["--udp", "127.0.0.1:7000,127.0.0.1:7001"],
+    );
     let b = Nic::Dgram {
         ns: &ns,
         local: ("127.0.0.1", 7001),
@@ -39,7 +40,11 @@ fn zcnet_stream_guest_and_qemu_stream_guest_talk_both_ways() {
         return;
     }
     let ns = NetNs::new();
-    let daemon = Daemon::start_args(&ns, &["--stream-listen", "127.0.0.1:7100"]);
+    let daemon = Daemon::start_args(
+        &ZcnetBin::from_env(),
+        &ns,
+        &["--stream-listen", "127.0.0.1:7100"],
+    );
     let b = Nic::Stream {
         ns: &ns,
         addr: ("127.0.0.1", 7100),
@@ -61,7 +66,11 @@ fn zcnet_stream_connect_guest_and_qemu_stream_server_guest_talk_both_ways() {
     }
     // zcnet starts first and keeps retrying until QEMU listens.
     let ns = NetNs::new();
-    let daemon = Daemon::start_args(&ns, &["--stream-connect", "127.0.0.1:7200"]);
+    let daemon = Daemon::start_args(
+        &ZcnetBin::from_env(),
+        &ns,
+        &["--stream-connect", "127.0.0.1:7200"],
+    );
     let b = Nic::Stream {
         ns: &ns,
         addr: ("127.0.0.1", 7200),

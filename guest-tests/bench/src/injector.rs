@@ -6,8 +6,8 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::harness::frames::PacketSock;
-use crate::measure::Counters;
+use zcnet_harness::driver::Counters;
+use zcnet_harness::frames::PacketSock;
 
 /// Sends `packet` until `stop`, counting what the socket accepted as
 /// `offered`. A device queue that is full drops frames (`ENOBUFS`); those

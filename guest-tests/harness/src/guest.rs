@@ -12,7 +12,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::ring::{Desc, Ring, Used};
+use crate::ring::{Desc, Ring, Used};
 
 /// Guest memory of a fake guest made by [`FakeGuest::connect`] (others:
 /// [`FakeGuest::connect_with_mem`]).
@@ -27,7 +27,7 @@ const BUFFERS_BASE: u64 = 0x80_0000;
 pub const VERSION_1: u64 = 1 << 32;
 pub const EVENT_IDX: u64 = 1 << 29;
 pub const INDIRECT_DESC: u64 = 1 << 28;
-pub const PROTOCOL_FEATURES: u64 = 1 << 30;
+const PROTOCOL_FEATURES: u64 = 1 << 30;
 pub const IN_ORDER: u64 = 1 << 35;
 pub const CSUM: u64 = 1 << 0;
 pub const GUEST_CSUM: u64 = 1 << 1;
@@ -124,7 +124,7 @@ impl FakeGuest {
     }
 
     /// [`FakeGuest::negotiate`] with `mem_size` bytes of guest memory.
-    pub fn negotiate_with_mem(socket: &Path, opts: &GuestOpts, mem_size: u64) -> FakeGuest {
+    fn negotiate_with_mem(socket: &Path, opts: &GuestOpts, mem_size: u64) -> FakeGuest {
         assert!(
             mem_size > BUFFERS_BASE && mem_size & 0xfff == 0,
             "guest memory of {mem_size} bytes: use a multiple of 4 KiB above {BUFFERS_BASE}"
@@ -191,7 +191,7 @@ impl FakeGuest {
             .collect()
     }
 
-    pub fn set_mem_table(&mut self) {
+    fn set_mem_table(&mut self) {
         let regions = self.regions();
         self.frontend
             .set_mem_table(&regions)
@@ -199,7 +199,7 @@ impl FakeGuest {
     }
 
     /// The frontend's (our) virtual address of guest address `gpa`.
-    pub fn hva(&self, gpa: GuestAddress) -> u64 {
+    fn hva(&self, gpa: GuestAddress) -> u64 {
         self.mem.get_host_address(gpa).unwrap() as u64
     }
 
@@ -256,11 +256,6 @@ impl FakeGuest {
             "fake guest out of buffer memory"
         );
         at
-    }
-
-    /// Bytes of guest memory this guest has.
-    pub fn mem_size(&self) -> u64 {
-        self.mem_size
     }
 
     /// Bytes of buffer memory not yet reserved by [`FakeGuest::alloc`].

@@ -1,18 +1,18 @@
 //! The guest image: built (or found up to date) once per test process by
 //! `guest-tests/image/build-image.sh`, cached under `target/guest-image`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub struct Image {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
+pub(crate) struct Image {
+    pub(crate) kernel: PathBuf,
+    pub(crate) initrd: PathBuf,
 }
 
 /// The guest image, built on first use. A failure to build it fails the
 /// test with the builder's output: guest tests never pass by skipping.
-pub fn image() -> &'static Image {
+pub(crate) fn image() -> &'static Image {
     static IMAGE: OnceLock<Result<Image, String>> = OnceLock::new();
     match IMAGE.get_or_init(build) {
         Ok(image) => image,
@@ -21,9 +21,13 @@ pub fn image() -> &'static Image {
 }
 
 fn build() -> Result<Image, String> {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let script = manifest.join("image/build-image.sh");
-    let out = manifest.join("../target/guest-image");
+    // This crate is guest-tests/harness; the image builder is
+    // guest-tests/image, and the image goes under the workspace's target.
+    let guest_tests = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the harness lives in guest-tests/");
+    let script = guest_tests.join("image/build-image.sh");
+    let out = guest_tests.join("../target/guest-image");
     let run = Command::new("bash")
         .arg(&script)
         .arg(&out)

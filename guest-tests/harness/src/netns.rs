@@ -1,6 +1,7 @@
 //! Network namespaces the tests create and remove, and ways to act inside
 //! them from the test process.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +17,8 @@ pub struct NetNs {
 }
 
 impl NetNs {
+    /// Creates a namespace (no `Default`: this makes one in the system).
+    #[allow(clippy::new_without_default)]
     pub fn new() -> NetNs {
         let name = format!(
             "zct{}-{}",
@@ -52,16 +55,16 @@ impl NetNs {
     }
 
     /// Runs a command inside the namespace, panicking on failure.
-    pub fn exec(&self, args: &[&str]) -> Output {
+    pub(crate) fn exec(&self, args: &[&str]) -> Output {
         run(Command::new("ip")
             .args(["netns", "exec", &self.name])
             .args(args))
     }
 
     /// A command that will run inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
+        c.args(["netns", "exec", &self.name]).arg(program);
         c
     }
 

@@ -10,8 +10,8 @@
 
 use serde::Serialize;
 
-use crate::harness::frames::{self, GUEST_MAC, HOST_MAC};
-use crate::harness::guest::HDR_LEN;
+use zcnet_harness::frames::{self, GUEST_MAC, HOST_MAC};
+use zcnet_harness::guest::HDR_LEN;
 
 /// Guest memory of the fake guest, nearly all of it buffers: eight times
 /// this machine class's last-level cache and more.

@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use crate::harness::frames::{self, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
-use crate::harness::guest::HDR_LEN;
+use zcnet_harness::frames::{self, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
+use zcnet_harness::guest::HDR_LEN;
 
 /// Where the frames go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

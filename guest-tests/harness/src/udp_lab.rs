@@ -4,18 +4,18 @@
 //! into a second namespace where a test socket receives them.
 
 use std::net::UdpSocket;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::daemon::Daemon;
-use super::netns::NetNs;
+use crate::daemon::{Daemon, ZcnetBin};
+use crate::netns::NetNs;
 
 pub const LOCAL: &str = "10.9.0.1:7000";
-pub const REMOTE: &str = "10.9.0.2:7000";
+const REMOTE: &str = "10.9.0.2:7000";
 
 pub struct UdpLab {
     pub daemon: Daemon,
     /// The receiving namespace (veth topologies only).
-    pub peer: Option<NetNs>,
+    peer: Option<NetNs>,
     pub ns: NetNs,
 }
 
@@ -28,7 +28,7 @@ pub enum Path {
 }
 
 impl UdpLab {
-    pub fn new(path: Path, extra: &[&str]) -> UdpLab {
+    pub fn new(bin: &ZcnetBin, path: Path, extra: &[&str]) -> UdpLab {
         let (ns, peer) = match path {
             Path::Ifb => {
                 let ns = NetNs::new();
@@ -45,7 +45,7 @@ impl UdpLab {
         let udp = format!("{LOCAL},{REMOTE}");
         let mut args = vec!["--udp", udp.as_str()];
         args.extend_from_slice(extra);
-        let daemon = Daemon::start_args(&ns, &args);
+        let daemon = Daemon::start_args(bin, &ns, &args);
         UdpLab { daemon, peer, ns }
     }
 
@@ -71,17 +71,6 @@ impl UdpLab {
 
     /// Waits (bounded) until a queue-0 counter reaches `value`.
     pub fn wait_metric(&self, metric: &str, value: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let m = Daemon::scrape(&self.ns);
-            if Daemon::metric(&m, metric, 0) >= value {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{metric} never reached {value}:\n{m}"
-            );
-            std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
-        }
+        Daemon::wait_metric(&self.ns, metric, value)
     }
 }

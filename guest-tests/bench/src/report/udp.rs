@@ -8,9 +8,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::report::{cell, si, sig3, Spread, DISTURBED};
+use super::{cell, dagger, load_line, ratio, si, sig3, Table};
+use crate::measure::udp::UdpSample;
+use crate::measure::QUEUE_SIZE;
+use crate::sample::{Load, Spread, Summary, DISTURBED};
 use crate::udp::{TxMode, UdpCase, BIG_FRAME};
-use crate::udp_measure::UdpSample;
 
 /// One frame size sent one way, over its repetitions.
 #[derive(Clone, Debug, Serialize)]
@@ -19,14 +21,9 @@ pub struct UdpRow {
     /// TX buffers the fake guest cycled through, and the memory they span.
     pub buffers: usize,
     pub buffer_span_bytes: u64,
-    pub frames_per_second: Spread,
-    pub gbit_per_second: Spread,
-    /// zcnet CPU seconds per million frames.
-    pub cpu_seconds_per_mframe: Spread,
-    /// zcnet CPU seconds per 10^9 frame bytes.
-    pub cpu_seconds_per_gb: Spread,
-    /// zcnet CPU seconds per second.
-    pub cores_busy: Spread,
+    /// zcnet's rates and CPU time.
+    #[serde(flatten)]
+    pub summary: Summary,
     /// The fake guest's TX driver, CPU seconds per second: near 1, it
     /// may be what bounds the rate.
     pub guest_cores_busy: Spread,
@@ -43,32 +40,23 @@ pub struct UdpRow {
 
 impl UdpRow {
     fn of(case: UdpCase, samples: &[&UdpSample]) -> Option<UdpRow> {
-        let per = |f: fn(&UdpSample) -> f64| Spread::of(samples.iter().map(|s| f(s)));
+        let windows: Vec<_> = samples.iter().map(|s| &s.sample).collect();
         let sum = |f: fn(&UdpSample) -> u64| samples.iter().map(|s| f(s)).sum();
         let first = samples.first()?;
         Some(UdpRow {
             title: case.title(),
             buffers: first.buffers,
             buffer_span_bytes: first.buffer_span_bytes,
-            frames_per_second: per(|s| s.frames as f64 / s.seconds)?,
-            gbit_per_second: per(|s| s.bytes as f64 * 8.0 / s.seconds / 1e9)?,
-            cpu_seconds_per_mframe: per(|s| s.cpu_seconds / s.frames as f64 * 1e6)?,
-            cpu_seconds_per_gb: per(|s| s.cpu_seconds / s.bytes as f64 * 1e9)?,
-            cores_busy: per(|s| s.cpu_seconds / s.seconds)?,
-            guest_cores_busy: per(|s| s.feeder_cpu_seconds / s.seconds)?,
+            summary: Summary::of(&windows)?,
+            guest_cores_busy: Spread::of(windows.iter().map(|s| s.feeder_cpu_seconds / s.seconds))?,
             zcnet_frames: sum(|s| s.zcnet.frames),
             zerocopy_sends: sum(|s| s.zcnet.zerocopy_sends),
             zerocopy_completed: sum(|s| s.zcnet.zerocopy_completed),
             zerocopy_copied: sum(|s| s.zcnet.zerocopy_copied),
             copy_fallbacks: sum(|s| s.zcnet.copy_fallbacks),
-            disturbed: samples.iter().any(|s| other_load(s) > DISTURBED),
+            disturbed: windows.iter().any(|s| s.disturbed()),
         })
     }
-}
-
-/// Cores busy with other work during a window.
-fn other_load(s: &UdpSample) -> f64 {
-    (s.machine_busy_seconds - s.cpu_seconds - s.feeder_cpu_seconds).max(0.0) / s.seconds
 }
 
 /// Both ways of sending one frame size.
@@ -94,11 +82,10 @@ pub struct UdpSummary {
     pub break_even_frame_len: Option<usize>,
     /// Zero-copy used less CPU per GB at every larger size too.
     pub break_even_holds_above: bool,
-    /// Cores busy with other work during the windows (the machine's busy
-    /// time that zcnet and the fake guest do not account for).
-    pub other_load_cores: Option<Spread>,
-    /// CPU time the hypervisor took, in cores.
-    pub steal_cores: Option<Spread>,
+    /// The other load (the machine's busy time that zcnet and the fake
+    /// guest do not account for) and the steal during the windows.
+    #[serde(flatten)]
+    pub load: Load,
 }
 
 pub fn summarize(samples: &[UdpSample], sizes: &[usize]) -> UdpSummary {
@@ -127,8 +114,8 @@ pub fn summarize(samples: &[UdpSample], sizes: &[usize]) -> UdpSummary {
             };
             UdpPoint {
                 frame_len,
-                throughput_ratio: ratio(|r| r.frames_per_second.median),
-                cpu_per_gb_ratio: ratio(|r| r.cpu_seconds_per_gb.median),
+                throughput_ratio: ratio(|r| r.summary.frames_per_second.median),
+                cpu_per_gb_ratio: ratio(|r| r.summary.cpu_seconds_per_gb.median),
                 zero_copy,
                 copy,
             }
@@ -140,8 +127,7 @@ pub fn summarize(samples: &[UdpSample], sizes: &[usize]) -> UdpSummary {
         break_even_frame_len: at.map(|i| points[i].frame_len),
         break_even_holds_above: at.is_some_and(|i| points[i..].iter().all(cheaper)),
         points,
-        other_load_cores: Spread::of(samples.iter().map(other_load)),
-        steal_cores: Spread::of(samples.iter().map(|s| s.steal_seconds / s.seconds)),
+        load: Load::of(samples.iter().map(|s| &s.sample)),
     }
 }
 
@@ -190,10 +176,6 @@ fn break_even_text(u: &UdpSummary) -> String {
     text
 }
 
-fn ratio(r: Option<f64>) -> String {
-    r.map_or("-".into(), |x| format!("{x:.2}"))
-}
-
 /// "copied / completed" of the kernel's zero-copy notifications.
 fn kernel_word(r: &UdpRow) -> String {
     if r.zerocopy_sends == 0 {
@@ -203,32 +185,18 @@ fn kernel_word(r: &UdpRow) -> String {
     }
 }
 
-fn dagger(r: &UdpRow) -> &'static str {
-    if r.disturbed {
-        " †"
-    } else {
-        ""
-    }
-}
-
 /// The UDP sections of the report.
-pub fn markdown(u: &UdpSummary, warmup_seconds: f64, window_seconds: f64) -> String {
-    let mut out = String::new();
-    let w = &mut out;
+pub fn markdown(w: &mut String, u: &UdpSummary, warmup_seconds: f64, window_seconds: f64) {
     let _ = writeln!(
         w,
         "## UDP attachment to an ifb egress: zero-copy vs copy (1 queue pair)\n"
     );
-    let _ = writeln!(
+    let mut t = Table::new(
         w,
-        "| workload | zcnet frames/s | zcnet Gbit/s | zcnet CPU s per 10^6 frames | \
+        "workload | zcnet frames/s | zcnet Gbit/s | zcnet CPU s per 10^6 frames | \
          zcnet CPU s per GB | zcnet cores busy | fake guest cores busy | \
          zero-copy/copy frames/s | zero-copy/copy CPU per GB | \
-         kernel: copied / completed |"
-    );
-    let _ = writeln!(
-        w,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+         kernel: copied / completed",
     );
     let big = u.points.iter().find(|p| p.frame_len == BIG_FRAME);
     for (row, ratios) in big
@@ -240,21 +208,19 @@ pub fn markdown(u: &UdpSummary, warmup_seconds: f64, window_seconds: f64) -> Str
             Some(p) if ratios => (ratio(p.throughput_ratio), ratio(p.cpu_per_gb_ratio)),
             _ => (String::new(), String::new()),
         };
-        let _ = writeln!(
-            w,
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            row.title,
-            dagger(row),
-            cell(Some(&row.frames_per_second), si),
-            cell(Some(&row.gbit_per_second), sig3),
-            cell(Some(&row.cpu_seconds_per_mframe), sig3),
-            cell(Some(&row.cpu_seconds_per_gb), sig3),
-            cell(Some(&row.cores_busy), sig3),
+        let z = &row.summary;
+        t.row(&[
+            format!("{}{}", row.title, dagger(row.disturbed)),
+            cell(Some(&z.frames_per_second), si),
+            cell(Some(&z.gbit_per_second), sig3),
+            cell(Some(&z.cpu_seconds_per_mframe), sig3),
+            cell(Some(&z.cpu_seconds_per_gb), sig3),
+            cell(Some(&z.cores_busy), sig3),
             cell(Some(&row.guest_cores_busy), sig3),
             tput,
             cpu,
             kernel_word(row),
-        );
+        ]);
     }
     if let Some(p) = big {
         if let (Some(t), Some(c)) = (p.throughput_ratio, p.cpu_per_gb_ratio) {
@@ -271,28 +237,26 @@ pub fn markdown(u: &UdpSummary, warmup_seconds: f64, window_seconds: f64) -> Str
         w,
         "\n### Choosing `--zerocopy-min-bytes`: zcnet CPU per GB by frame size\n"
     );
-    let _ = writeln!(
+    let mut t = Table::new(
         w,
-        "| frame size | zero-copy CPU s per GB | copy CPU s per GB | zero-copy/copy CPU per GB | \
-         zero-copy Gbit/s | copy Gbit/s | zero-copy/copy frames/s | kernel: copied / completed |"
+        "frame size | zero-copy CPU s per GB | copy CPU s per GB | \
+         zero-copy/copy CPU per GB | zero-copy Gbit/s | copy Gbit/s | \
+         zero-copy/copy frames/s | kernel: copied / completed",
     );
-    let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- | --- | --- |");
     for p in &u.points {
         let (z, c) = (p.zero_copy.as_ref(), p.copy.as_ref());
         let disturbed = z.is_some_and(|r| r.disturbed) || c.is_some_and(|r| r.disturbed);
-        let _ = writeln!(
-            w,
-            "| {} B{} | {} | {} | {} | {} | {} | {} | {} |",
-            p.frame_len,
-            if disturbed { " †" } else { "" },
-            cell(z.map(|r| &r.cpu_seconds_per_gb), sig3),
-            cell(c.map(|r| &r.cpu_seconds_per_gb), sig3),
+        let (zs, cs) = (z.map(|r| &r.summary), c.map(|r| &r.summary));
+        t.row(&[
+            format!("{} B{}", p.frame_len, dagger(disturbed)),
+            cell(zs.map(|r| &r.cpu_seconds_per_gb), sig3),
+            cell(cs.map(|r| &r.cpu_seconds_per_gb), sig3),
             ratio(p.cpu_per_gb_ratio),
-            cell(z.map(|r| &r.gbit_per_second), sig3),
-            cell(c.map(|r| &r.gbit_per_second), sig3),
+            cell(zs.map(|r| &r.gbit_per_second), sig3),
+            cell(cs.map(|r| &r.gbit_per_second), sig3),
             ratio(p.throughput_ratio),
             z.map_or("-".into(), kernel_word),
-        );
+        ]);
     }
     let _ = writeln!(w, "\n{}", break_even_text(u));
     if u.points
@@ -306,19 +270,17 @@ pub fn markdown(u: &UdpSummary, warmup_seconds: f64, window_seconds: f64) -> Str
              work; bench.json has every window's machine_busy_seconds."
         );
     }
-    let _ = writeln!(
+    load_line(
         w,
-        "\nOther load during the UDP windows (the machine's busy time that zcnet and the \
-         fake guest do not account for): {} cores; stolen by the hypervisor: {} cores.",
-        cell(u.other_load_cores.as_ref(), |x| format!("{x:.2}")),
-        cell(u.steal_cores.as_ref(), |x| format!("{x:.2}")),
+        "UDP windows",
+        "zcnet and the fake guest do not account for",
+        &u.load,
     );
 
     let _ = writeln!(w, "\nHow to read it:\n");
     for note in notes(u, warmup_seconds, window_seconds) {
         let _ = writeln!(w, "- {note}");
     }
-    out
 }
 
 fn notes(u: &UdpSummary, warmup_seconds: f64, window_seconds: f64) -> Vec<String> {
@@ -361,7 +323,7 @@ fn notes(u: &UdpSummary, warmup_seconds: f64, window_seconds: f64) -> Vec<String
              ({spread}), used in turn, so each frame is read from memory, not from a cache. \
              It keeps the ring of {} full as in the tap TX workloads; each window starts \
              after one pass through every buffer and a further {} s, and lasts {} s.",
-            crate::measure::QUEUE_SIZE,
+            QUEUE_SIZE,
             sig3(warmup_seconds),
             sig3(window_seconds)
         ),
@@ -385,25 +347,15 @@ fn notes(u: &UdpSummary, warmup_seconds: f64, window_seconds: f64) -> Vec<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::udp_measure::ZcnetTxCounters;
 
     fn sample(mode: TxMode, frame_len: usize, cpu_seconds: f64) -> UdpSample {
-        UdpSample {
-            mode,
-            frame_len,
-            repetition: 0,
-            buffers: 10,
-            buffer_span_bytes: 10 * frame_len as u64,
-            warmup_seconds: 1.0,
-            seconds: 1.0,
-            frames: 1000,
-            bytes: 1000 * frame_len as u64,
-            cpu_seconds,
-            feeder_cpu_seconds: 0.5,
-            machine_busy_seconds: cpu_seconds + 0.5,
-            steal_seconds: 0.0,
-            zcnet: ZcnetTxCounters::default(),
-        }
+        UdpSample::fake(mode, frame_len, 1000, cpu_seconds, 0.5, cpu_seconds + 0.5)
+    }
+
+    fn text(u: &UdpSummary) -> String {
+        let mut w = String::new();
+        markdown(&mut w, u, 0.5, 2.0);
+        w
     }
 
     #[test]
@@ -422,7 +374,7 @@ mod tests {
         let big = u.points.last().unwrap();
         assert!((big.cpu_per_gb_ratio.unwrap() - 0.4).abs() < 1e-9);
         assert!((big.throughput_ratio.unwrap() - 1.0).abs() < 1e-9);
-        assert!(markdown(&u, 0.5, 2.0).contains(
+        assert!(text(&u).contains(
             "**Break-even: 8192 B**, the smallest swept frame size at which zero-copy used \
              less zcnet CPU per GB than copy (medians); at 1500 B, the next smaller size \
              swept, copy cost less, so the crossing lies between the two. Zero-copy cost \
@@ -456,6 +408,6 @@ mod tests {
         ];
         let u = summarize(&samples, &[1500]);
         assert_eq!(u.break_even_frame_len, None);
-        assert!(markdown(&u, 0.5, 2.0).contains("No break-even up to 1500 B"));
+        assert!(text(&u).contains("No break-even up to 1500 B"));
     }
 }

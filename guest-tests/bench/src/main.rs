@@ -3,7 +3,7 @@
 //! machine.
 //!
 //! It drives the real `zcnet` binary over its real vhost-user socket with
-//! the backend's fake-guest harness (no VM), on a tap in its own network
+//! the fake guest of zcnet-harness (no VM), on a tap in its own network
 //! namespace, and measures each workload against a raw tap writer (or
 //! reader) in another namespace. Then it sends through `--udp` out of an
 //! `ifb` device, with zero-copy on and off, over a sweep of frame sizes
@@ -14,23 +14,19 @@
 //!
 //! ```sh
 //! cargo build --release -p zcnet
-//! cargo run --release -p guest-tests --bin zcnet-bench -- [--quick] [--out DIR]
+//! cargo run --release -p zcnet-bench -- [--quick] [--out DIR]
 //! ```
 
 mod chart;
 mod cpu;
 mod crew;
-mod fake_guest;
-mod harness;
 mod injector;
 mod machine;
 mod measure;
 mod raw_tap;
 mod report;
+mod sample;
 mod udp;
-mod udp_chart;
-mod udp_measure;
-mod udp_report;
 mod workload;
 
 use std::error::Error as _;
@@ -42,9 +38,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use thiserror::Error;
+use zcnet_harness::daemon::{NoZcnetBin, ZcnetBin};
 
 use machine::Machine;
-use measure::{MeasureError, Side, Timing};
+use measure::tap::Side;
+use measure::{MeasureError, Timing};
 use report::Run;
 use udp::{TxMode, UdpCase};
 use workload::Workload;
@@ -113,11 +111,8 @@ impl Plan {
 enum BenchError {
     #[error("zcnet-bench must run as root: it creates network namespaces and taps")]
     NotRoot,
-    #[error(
-        "no zcnet binary at {0}: build it with `cargo build --release -p zcnet`, \
-         or point ZCNET_BIN at one"
-    )]
-    NoZcnet(PathBuf),
+    #[error(transparent)]
+    NoZcnet(#[from] NoZcnetBin),
     #[error("workload {workload} on {side}, repetition {repetition}")]
     Measure {
         workload: &'static str,
@@ -170,10 +165,9 @@ fn run(args: &Args) -> Result<(), BenchError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(BenchError::NotRoot);
     }
-    let zcnet = zcnet_bin()?;
-    // The harness starts the binary that ZCNET_BIN names. Set while the
-    // process has one thread, before any measurement starts another.
-    std::env::set_var("ZCNET_BIN", &zcnet);
+    // ZCNET_BIN, or the zcnet beside this binary (both are built into the
+    // same target/release).
+    let zcnet = ZcnetBin::locate()?;
     let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
     let plan = Plan::new(args.quick);
     let command = command_line();
@@ -204,8 +198,8 @@ fn run(args: &Args) -> Result<(), BenchError> {
         for w in Workload::ALL {
             for side in sides {
                 let s = match side {
-                    Side::Zcnet => measure::zcnet(w, repetition, plan.timing),
-                    Side::Raw => measure::raw(w, repetition, plan.timing),
+                    Side::Zcnet => measure::tap::zcnet(&zcnet, w, repetition, plan.timing),
+                    Side::Raw => measure::tap::raw(w, repetition, plan.timing),
                 }
                 .map_err(|source| BenchError::Measure {
                     workload: w.id(),
@@ -219,8 +213,8 @@ fn run(args: &Args) -> Result<(), BenchError> {
                     plan.repetitions,
                     w.title(),
                     side.to_string(),
-                    s.frames as f64 / s.seconds,
-                    s.bytes as f64 * 8.0 / s.seconds / 1e9
+                    s.sample.frames_per_second(),
+                    s.sample.gbit_per_second()
                 );
                 samples.push(s);
             }
@@ -234,14 +228,14 @@ fn run(args: &Args) -> Result<(), BenchError> {
         for &frame_len in plan.udp_sizes {
             for mode in modes {
                 let case = UdpCase { mode, frame_len };
-                let s = udp_measure::run(case, repetition, plan.udp_timing).map_err(|source| {
-                    BenchError::MeasureUdp {
+                let s = measure::udp::run(&zcnet, case, repetition, plan.udp_timing).map_err(
+                    |source| BenchError::MeasureUdp {
                         mode,
                         frame_len,
                         repetition,
                         source,
-                    }
-                })?;
+                    },
+                )?;
                 eprintln!(
                     "  {}/{} UDP {:<9} {:>5} B  {:>10.0} frames/s {:>8.3} Gbit/s \
                      {:>7.3} CPU s/GB  kernel copied {}/{} completed, {} buffers, \
@@ -250,9 +244,9 @@ fn run(args: &Args) -> Result<(), BenchError> {
                     plan.repetitions,
                     mode.to_string(),
                     frame_len,
-                    s.frames as f64 / s.seconds,
-                    s.bytes as f64 * 8.0 / s.seconds / 1e9,
-                    s.cpu_seconds / s.bytes as f64 * 1e9,
+                    s.sample.frames_per_second(),
+                    s.sample.gbit_per_second(),
+                    s.sample.cpu_seconds_per_gb(),
                     s.zcnet.zerocopy_copied,
                     s.zcnet.zerocopy_completed,
                     s.buffers,
@@ -261,7 +255,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
                 udp_samples.push(s);
             }
         }
-        let i = measure::idle(repetition, plan.timing)
+        let i = measure::tap::idle(&zcnet, repetition, plan.timing)
             .map_err(|source| BenchError::Idle { repetition, source })?;
         eprintln!(
             "  {}/{} idle: zcnet used {:.3} s of CPU in {:.2} s",
@@ -273,12 +267,12 @@ fn run(args: &Args) -> Result<(), BenchError> {
         idle.push(i);
     }
 
-    let summary = report::summarize(&samples);
-    let udp = udp_report::summarize(&udp_samples, plan.udp_sizes);
+    let summary = report::tap::summarize(&samples);
+    let udp = report::udp::summarize(&udp_samples, plan.udp_sizes);
     let run = Run {
         command,
         machine,
-        zcnet_bin: zcnet.display().to_string(),
+        zcnet_bin: zcnet.path().display().to_string(),
         mode: plan.mode,
         repetitions: plan.repetitions,
         warmup_seconds: plan.timing.warmup.as_secs_f64(),
@@ -312,10 +306,10 @@ fn run(args: &Args) -> Result<(), BenchError> {
             run.machine.kernel
         )
     };
-    chart::draw(&svg_path, &run.summary, &subtitle(run.window_seconds))
+    chart::draw_tap(&svg_path, &run.summary, &subtitle(run.window_seconds))
         .map_err(|e| BenchError::Chart(svg_path.clone(), e))?;
     let udp_svg_path = out_dir.join("bench-udp.svg");
-    udp_chart::draw(&udp_svg_path, &run.udp, &subtitle(run.udp_window_seconds))
+    chart::draw_udp(&udp_svg_path, &run.udp, &subtitle(run.udp_window_seconds))
         .map_err(|e| BenchError::Chart(udp_svg_path.clone(), e))?;
     println!("\nRaw numbers (every repetition): {}", json_path.display());
     println!("Charts: {}, {}", svg_path.display(), udp_svg_path.display());
@@ -328,35 +322,24 @@ fn run(args: &Args) -> Result<(), BenchError> {
     let empty: Vec<String> = run
         .samples
         .iter()
-        .filter(|s| s.frames == 0)
+        .filter(|s| s.sample.frames == 0)
         .map(|s| format!("{} on {} (repetition {})", s.workload, s.side, s.repetition))
-        .chain(run.udp_samples.iter().filter(|s| s.frames == 0).map(|s| {
-            format!(
-                "UDP {} {} B (repetition {})",
-                s.mode, s.frame_len, s.repetition
-            )
-        }))
+        .chain(
+            run.udp_samples
+                .iter()
+                .filter(|s| s.sample.frames == 0)
+                .map(|s| {
+                    format!(
+                        "UDP {} {} B (repetition {})",
+                        s.mode, s.frame_len, s.repetition
+                    )
+                }),
+        )
         .collect();
     if !empty.is_empty() {
         return Err(BenchError::NoFrames(empty.join(", ")));
     }
     Ok(())
-}
-
-/// `ZCNET_BIN`, or the `zcnet` beside this binary (both are built into the
-/// same `target/release`).
-fn zcnet_bin() -> Result<PathBuf, BenchError> {
-    let bin = match std::env::var_os("ZCNET_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("zcnet")))
-            .unwrap_or_else(|| PathBuf::from("target/release/zcnet")),
-    };
-    if !bin.is_file() {
-        return Err(BenchError::NoZcnet(bin));
-    }
-    Ok(bin.canonicalize().unwrap_or(bin))
 }
 
 /// `target/bench` of the target directory this binary runs from.

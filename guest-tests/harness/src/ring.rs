@@ -10,7 +10,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub const F_NEXT: u16 = 1;
-pub const F_WRITE: u16 = 2;
+const F_WRITE: u16 = 2;
 pub const F_INDIRECT: u16 = 4;
 
 /// One descriptor as the driver wants it.
@@ -29,21 +29,21 @@ pub struct Used {
 
 pub struct Ring {
     mem: GuestMemoryMmap,
-    pub size: u16,
-    pub desc: GuestAddress,
-    pub avail: GuestAddress,
-    pub used: GuestAddress,
+    pub(crate) size: u16,
+    pub(crate) desc: GuestAddress,
+    pub(crate) avail: GuestAddress,
+    pub(crate) used: GuestAddress,
     free: Vec<u16>,
     chains: HashMap<u16, Vec<u16>>,
     avail_idx: u16,
     last_used: u16,
-    pub kick: EventFd,
-    pub call: EventFd,
+    pub(crate) kick: EventFd,
+    pub(crate) call: EventFd,
 }
 
 impl Ring {
     /// Lays out an empty ring of `size` entries at `base`.
-    pub fn new(mem: &GuestMemoryMmap, base: u64, size: u16) -> Ring {
+    pub(crate) fn new(mem: &GuestMemoryMmap, base: u64, size: u16) -> Ring {
         let desc = GuestAddress(base);
         let avail = GuestAddress(base + 16 * u64::from(size));
         let used = GuestAddress((avail.0 + 6 + 2 * u64::from(size) + 3) & !3);
@@ -125,13 +125,13 @@ impl Ring {
     }
 
     /// The avail index published so far.
-    pub fn avail_idx(&self) -> u16 {
+    pub(crate) fn avail_idx(&self) -> u16 {
         self.avail_idx
     }
 
     /// The device's `avail_event` (EVENT_IDX): it wants a kick once the
     /// avail index moves past it.
-    pub fn avail_event(&self) -> u16 {
+    pub(crate) fn avail_event(&self) -> u16 {
         fence(Ordering::SeqCst);
         let at = self.used.unchecked_add(4 + 8 * u64::from(self.size));
         u16::from_le(self.mem.read_obj(at).unwrap())
@@ -141,7 +141,7 @@ impl Ring {
     /// `old..` the current one, as a virtio driver does with EVENT_IDX
     /// (`vring_need_event`). Returns whether it kicked. Only meaningful with
     /// EVENT_IDX negotiated.
-    pub fn kick_if_needed(&self, old: u16) -> bool {
+    pub(crate) fn kick_if_needed(&self, old: u16) -> bool {
         let new = self.avail_idx;
         let event = self.avail_event();
         let needed = new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old);
@@ -153,14 +153,14 @@ impl Ring {
 
     /// Asks the device for a call on its next used element (EVENT_IDX);
     /// check the used ring again afterwards, then wait for the call.
-    pub fn request_call(&self) {
+    pub(crate) fn request_call(&self) {
         self.arm_used_event();
     }
 
     /// Asks the device for a call once `count` more used elements have
     /// arrived (EVENT_IDX), as Linux's `virtqueue_enable_cb_delayed` asks
     /// for three quarters of what is outstanding.
-    pub fn request_call_after(&self, count: u16) {
+    pub(crate) fn request_call_after(&self, count: u16) {
         let at = self.avail.unchecked_add(4 + 2 * u64::from(self.size));
         let event = self.last_used.wrapping_add(count.max(1) - 1);
         self.mem.write_obj(event.to_le(), at).unwrap();
@@ -174,7 +174,7 @@ impl Ring {
     }
 
     /// How many chains are on the avail ring and not yet returned.
-    pub fn outstanding(&self) -> u16 {
+    pub(crate) fn outstanding(&self) -> u16 {
         self.avail_idx.wrapping_sub(self.last_used)
     }
 
@@ -206,7 +206,7 @@ impl Ring {
 
     /// Waits for `count` used elements, driven by the call eventfd, with a
     /// deadline. Panics with what arrived if they do not.
-    pub fn wait_used(&mut self, count: usize, timeout: Duration) -> Vec<Used> {
+    pub(crate) fn wait_used(&mut self, count: usize, timeout: Duration) -> Vec<Used> {
         let deadline = Instant::now() + timeout;
         let mut got = Vec::new();
         loop {

@@ -1,21 +1,22 @@
 //! One QEMU guest (TCG) booted from the test image, with its serial
 //! console on stdio: the harness reads it line by line and can type a line
 //! into it. QEMU is killed on drop; on a failing test its console and
-//! stderr are dumped.
+//! stderr are dumped. Guests run one at a time, and a developer may skip
+//! them (never in CI).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::image::image;
-use super::netns::NetNs;
+use crate::image::image;
+use crate::netns::NetNs;
 
-pub const GUEST_IP: &str = "10.77.0.2/24";
-pub const HOST_IP: &str = "10.77.0.1";
+const GUEST_IP: &str = "10.77.0.2/24";
+pub(crate) const HOST_IP: &str = "10.77.0.1";
 pub const GUEST_MAC: &str = "52:54:00:12:34:56";
 
 /// How the guest's NIC reaches the host.
@@ -268,7 +269,7 @@ impl Vm {
         self.child.wait().expect("wait for QEMU")
     }
 
-    pub fn console(&self) -> String {
+    fn console(&self) -> String {
         self.console.0.lock().unwrap().lines.join("\n")
     }
 }
@@ -287,4 +288,29 @@ impl Drop for Vm {
             );
         }
     }
+}
+
+/// Guests run one at a time: two TCG guests on two cores would only
+/// measure each other.
+pub fn one_guest_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// True when the developer asked to skip the guest tests. Says so loudly;
+/// refuses (fails the test) when `CI` is set, so CI never passes by
+/// skipping.
+pub fn skip_requested(test: &str) -> bool {
+    if std::env::var_os("ZCNET_SKIP_GUEST_TESTS").is_none() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "ZCNET_SKIP_GUEST_TESTS is set while CI is set: CI must run the guest tests"
+    );
+    eprintln!(
+        "\n!!!! SKIPPED {test}: ZCNET_SKIP_GUEST_TESTS is set. \
+         This run does NOT show that a VM works through zcnet. !!!!\n"
+    );
+    true
 }

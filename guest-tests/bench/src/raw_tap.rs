@@ -10,11 +10,11 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use zcnet_harness::driver::Counters;
 use zcnet_tap::{Offloads, Tap};
 
-use crate::harness::guest::HDR_LEN;
-use crate::harness::netns::NetNs;
-use crate::measure::Counters;
+use zcnet_harness::guest::HDR_LEN;
+use zcnet_harness::netns::NetNs;
 
 /// What zcnet sets for a guest that negotiated GUEST_CSUM, GUEST_TSO4 and
 /// GUEST_TSO6, as the fake guest does.

@@ -4,15 +4,18 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::netns::NetNs;
+use thiserror::Error;
 
-pub const METRICS_PORT: u16 = 9500;
+use crate::netns::NetNs;
+
+const METRICS_PORT: u16 = 9500;
 
 pub struct Daemon {
+    bin: ZcnetBin,
     child: Option<Child>,
     pub socket: PathBuf,
     pub log: PathBuf,
@@ -20,44 +23,84 @@ pub struct Daemon {
     _dir: tempfile::TempDir,
 }
 
-/// The zcnet binary under test: Cargo's own for the backend's tests,
-/// `ZCNET_BIN`, or the `zcnet` beside the test's target directory.
-pub fn zcnet_bin() -> String {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_zcnet") {
-        return p.to_owned();
+/// The zcnet binary a [`Daemon`] runs.
+#[derive(Clone, Debug)]
+pub struct ZcnetBin(PathBuf);
+
+impl ZcnetBin {
+    /// The binary at `path`, as a crate's own tests name it with
+    /// `env!("CARGO_BIN_EXE_zcnet")`. Panics if there is none.
+    pub fn at(path: impl Into<PathBuf>) -> ZcnetBin {
+        let path = path.into();
+        if !path.is_file() {
+            panic!("{}", NoZcnetBin(path));
+        }
+        ZcnetBin(path)
     }
-    if let Ok(p) = std::env::var("ZCNET_BIN") {
-        return p;
+
+    /// `ZCNET_BIN`, or the `zcnet` built into the same target directory
+    /// and profile as the running executable (a test in `target/*/deps`,
+    /// a binary in `target/*`). Panics if there is none.
+    pub fn from_env() -> ZcnetBin {
+        Self::locate().unwrap_or_else(|e| panic!("{e}"))
     }
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("zcnet"))
-        .expect("target directory");
-    assert!(
-        bin.exists(),
-        "no zcnet binary at {}: build it first (cargo build --release -p zcnet) or set ZCNET_BIN",
-        bin.display()
-    );
-    bin.display().to_string()
+
+    /// [`ZcnetBin::from_env`], as an error instead of a panic.
+    pub fn locate() -> Result<ZcnetBin, NoZcnetBin> {
+        let bin = match std::env::var_os("ZCNET_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => profile_dir()
+                .unwrap_or_else(|| PathBuf::from("target/release"))
+                .join("zcnet"),
+        };
+        if !bin.is_file() {
+            return Err(NoZcnetBin(bin));
+        }
+        Ok(ZcnetBin(bin.canonicalize().unwrap_or(bin)))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// No zcnet binary where one was looked for.
+#[derive(Debug, Error)]
+#[error(
+    "no zcnet binary at {}: build it with `cargo build --release -p zcnet`, \
+     or point ZCNET_BIN at one",
+    .0.display()
+)]
+pub struct NoZcnetBin(pub PathBuf);
+
+/// `target/PROFILE` of the running executable.
+fn profile_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let dir = if dir.ends_with("deps") {
+        dir.parent()?
+    } else {
+        dir
+    };
+    Some(dir.to_owned())
 }
 
 impl Daemon {
     /// Starts `zcnet --socket-path ... --tap TAP --metrics 127.0.0.1:9500
     /// extra...` in `ns` and waits until its socket accepts connections.
-    pub fn start(ns: &NetNs, tap: &str, extra: &[&str]) -> Daemon {
+    pub fn start(bin: &ZcnetBin, ns: &NetNs, tap: &str, extra: &[&str]) -> Daemon {
         let mut args = vec!["--tap", tap];
         args.extend_from_slice(extra);
-        Daemon::start_args(ns, &args)
+        Daemon::start_args(bin, ns, &args)
     }
 
     /// Starts zcnet with exactly `args` (plus its socket and metrics).
-    pub fn start_args(ns: &NetNs, args: &[&str]) -> Daemon {
+    pub fn start_args(bin: &ZcnetBin, ns: &NetNs, args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("zc.sock");
         let log = dir.path().join("zcnet.log");
         let mut d = Daemon {
+            bin: bin.clone(),
             child: None,
             socket,
             log,
@@ -72,7 +115,7 @@ impl Daemon {
         let logfile = fs::File::create(&self.log).expect("log file");
         let metrics = format!("127.0.0.1:{METRICS_PORT}");
         let child = ns
-            .command(&zcnet_bin())
+            .command(self.bin.path())
             .arg("--socket-path")
             .arg(&self.socket)
             .args(["--metrics", &metrics])
@@ -180,25 +223,41 @@ impl Daemon {
 
     /// The value of an unlabelled metric in a scrape.
     pub fn global_metric(text: &str, metric: &str) -> u64 {
-        let prefix = format!("{metric} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {metric} in:\n{text}"))
-            .trim()
-            .parse()
-            .expect("numeric metric")
+        sample_value(text, &format!("{metric} "))
     }
 
     /// The value of `metric{queue="q"}` in a scrape.
     pub fn metric(text: &str, metric: &str, queue: usize) -> u64 {
-        let prefix = format!("{metric}{{queue=\"{queue}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
-            .trim()
-            .parse()
-            .expect("numeric metric")
+        sample_value(text, &format!("{metric}{{queue=\"{queue}\"}} "))
     }
+
+    /// Waits (bounded) until a queue-0 counter of the zcnet in `ns`
+    /// reaches `value`; returns that scrape.
+    pub(crate) fn wait_metric(ns: &NetNs, metric: &str, value: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = Daemon::scrape(ns);
+            if Daemon::metric(&m, metric, 0) >= value {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{metric} never reached {value}:\n{m}"
+            );
+            std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
+        }
+    }
+}
+
+/// The value on the line of a scrape that starts with `prefix` (the
+/// metric's name, its labels and a space).
+fn sample_value(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {} in:\n{text}", prefix.trim_end()))
+        .trim()
+        .parse()
+        .expect("numeric metric")
 }
 
 impl Drop for Daemon {

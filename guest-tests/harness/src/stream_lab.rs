@@ -4,14 +4,14 @@
 //! that arrives there, so TCP keeps lent pages until it is let through.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::daemon::Daemon;
-use super::netns::NetNs;
+use crate::daemon::{Daemon, ZcnetBin};
+use crate::netns::NetNs;
 
 /// zcnet's side of the veth.
 pub const ZCNET_ADDR: &str = "10.9.0.1:7000";
@@ -38,7 +38,7 @@ impl StreamLab {
     /// Starts zcnet as `role` with `extra` arguments. For `Role::Connect`
     /// the returned listener is already listening on `PEER_ADDR`, so the
     /// first attempt connects.
-    pub fn new(role: Role, extra: &[&str]) -> (StreamLab, Option<TcpListener>) {
+    pub fn new(bin: &ZcnetBin, role: Role, extra: &[&str]) -> (StreamLab, Option<TcpListener>) {
         let (ns, peer) = NetNs::veth_pair();
         let listener = (role == Role::Connect).then(|| listen(&peer, PEER_ADDR));
         let mut args = match role {
@@ -46,7 +46,7 @@ impl StreamLab {
             Role::Listen => vec!["--stream-listen", ZCNET_ADDR],
         };
         args.extend_from_slice(extra);
-        let daemon = Daemon::start_args(&ns, &args);
+        let daemon = Daemon::start_args(bin, &ns, &args);
         (StreamLab { daemon, ns, peer }, listener)
     }
 
@@ -83,7 +83,7 @@ impl StreamLab {
 
     /// Waits (bounded) until a queue-0 counter reaches `value`.
     pub fn wait_metric(&self, metric: &str, value: u64) -> String {
-        wait_metric(&self.ns, metric, value)
+        Daemon::wait_metric(&self.ns, metric, value)
     }
 }
 
@@ -131,26 +131,4 @@ pub fn reset(s: TcpStream) {
     )
     .expect("SO_LINGER");
     drop(s);
-}
-
-/// Waits (bounded) until a queue-0 counter of the zcnet in `ns` reaches
-/// `value`.
-pub fn wait_metric(ns: &NetNs, metric: &str, value: u64) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let m = Daemon::scrape(ns);
-        if Daemon::metric(&m, metric, 0) >= value {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{metric} never reached {value}:\n{m}"
-        );
-        std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
-    }
-}
-
-/// A socket address constant as a `SocketAddr`.
-pub fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
 }

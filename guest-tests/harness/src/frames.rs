@@ -6,14 +6,14 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use super::netns::NetNs;
+use crate::netns::NetNs;
 
 const ETH_P_ALL: u16 = 0x0003;
 const PACKET_OUTGOING: u8 = 4;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 /// A local experimental ethertype that nothing else on the tap sends.
-pub const TEST_ETHERTYPE: u16 = 0x88b5;
+const TEST_ETHERTYPE: u16 = 0x88b5;
 /// The legacy virtio-net header packet sockets use.
 pub const PACKET_HDR_LEN: usize = 10;
 

@@ -10,16 +10,19 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use zcnet_harness::daemon::{Daemon, ZcnetBin};
+use zcnet_harness::driver::{self, Counters};
+use zcnet_harness::guest::{self, FakeGuest, GuestOpts};
+use zcnet_harness::udp_lab::{Path, UdpLab};
 
-use crate::cpu::{self, CpuOf};
-use crate::crew::{Crew, Role};
-use crate::fake_guest;
-use crate::harness::daemon::Daemon;
-use crate::harness::guest::{self, FakeGuest, GuestOpts};
-use crate::harness::ring::Ring;
-use crate::harness::udp_lab::{Path, UdpLab};
-use crate::measure::{self, Counters, MeasureError, Timing, QUEUE_SIZE};
+use super::{
+    alive, checked_metrics, require, spawn_guest_tx, take_rings, zcnet_window, MeasureError,
+    Timing, QUEUE_SIZE,
+};
+use crate::crew::Crew;
+use crate::sample::Sample;
 use crate::udp::{self, TxMode, UdpCase};
+use crate::workload::Direction;
 
 /// The longest the warm-up waits for one pass through every buffer.
 const WARMUP_LIMIT: Duration = Duration::from_secs(30);
@@ -57,63 +60,52 @@ pub struct UdpSample {
     /// The warm-up as it ran: at least the plan's, and at least one pass
     /// through every buffer.
     pub warmup_seconds: f64,
-    pub seconds: f64,
-    pub frames: u64,
-    /// Frame bytes, without the virtio-net header.
-    pub bytes: u64,
-    /// CPU time of the whole zcnet process.
-    pub cpu_seconds: f64,
-    /// CPU time of the fake guest's TX driver.
-    pub feeder_cpu_seconds: f64,
-    pub machine_busy_seconds: f64,
-    pub steal_seconds: f64,
+    /// zcnet's whole process is measured; the fake guest's TX driver
+    /// feeds it.
+    #[serde(flatten)]
+    pub sample: Sample,
     pub zcnet: ZcnetTxCounters,
 }
 
 /// Runs `case` through zcnet once.
-pub fn run(case: UdpCase, repetition: usize, timing: Timing) -> Result<UdpSample, MeasureError> {
-    let mut lab = UdpLab::new(Path::Ifb, case.mode.zcnet_args());
+pub fn run(
+    bin: &ZcnetBin,
+    case: UdpCase,
+    repetition: usize,
+    timing: Timing,
+) -> Result<UdpSample, MeasureError> {
+    let mut lab = UdpLab::new(bin, Path::Ifb, case.mode.zcnet_args());
     let opts = GuestOpts {
         queue_size: QUEUE_SIZE,
         ..GuestOpts::default()
     };
     let mut guest = FakeGuest::connect_with_mem(&lab.daemon.socket, &opts, udp::GUEST_MEM);
-    for (bit, name) in [
-        (guest::VERSION_1, "VERSION_1"),
-        (guest::EVENT_IDX, "EVENT_IDX"),
-    ] {
-        if guest.acked & bit == 0 {
-            return Err(MeasureError::Feature(name));
-        }
-    }
+    require(
+        &guest,
+        &[
+            (guest::VERSION_1, "VERSION_1"),
+            (guest::EVENT_IDX, "EVENT_IDX"),
+        ],
+    )?;
     let packet = case.packet();
     let room = guest.buffer_room();
     let count = udp::cold_buffers(room, packet.len());
-    let bufs = fake_guest::fill_buffers(&mut guest, count, &packet);
+    let bufs = driver::fill_buffers(&mut guest, count, &packet);
     let span = room - guest.buffer_room();
     // rings[1] is TX; the RX ring stays here, without buffers (an ifb
     // delivers nothing).
-    let mut rings: Vec<Option<Ring>> = std::mem::take(&mut guest.rings)
-        .into_iter()
-        .map(Some)
-        .collect();
+    let mut rings = take_rings(&mut guest);
     let ring = rings[1].take().expect("TX ring");
     let delivered = Arc::new(Counters::default());
     let mut crew = Crew::new();
-    let counters = Arc::clone(&delivered);
     let started = Instant::now();
-    crew.spawn("guest-tx0".into(), Role::Feeder, move |stop| {
-        fake_guest::run_tx(ring, bufs, &counters, stop);
-        Ok(())
-    });
+    spawn_guest_tx(&mut crew, 0, ring, bufs, &delivered);
 
     // Every buffer once: zcnet maps each page on first touch, and the
     // guest's own writes at setup have left the latest buffers in cache.
     while delivered.read().0 < count as u64 {
         let waited = started.elapsed();
-        if !lab.daemon.is_running() {
-            return Err(MeasureError::ZcnetExited(lab.daemon.log_text()));
-        }
+        alive(&mut lab.daemon)?;
         if crew.any_ended() {
             // Its failure, or its panic, is the error.
             crew.finish()?;
@@ -131,16 +123,8 @@ pub fn run(case: UdpCase, repetition: usize, timing: Timing) -> Result<UdpSample
         }
         thread::sleep(WARMUP_POLL); // polling a counter, with a deadline
     }
-    let pid = lab.daemon.pid();
     let nothing = Counters::default();
-    let (a, b) = measure::window(
-        timing,
-        &delivered,
-        &nothing,
-        || cpu::seconds(CpuOf::Process(pid)),
-        || crew.cpu(Role::Feeder),
-    )?;
-    crew.finish()?;
+    let (a, b) = zcnet_window(timing, &lab.daemon, crew, &delivered, &nothing)?;
     let zcnet = zcnet_counters(&mut lab)?;
     if case.mode == TxMode::ZeroCopy && zcnet.zerocopy_sends == 0 {
         return Err(MeasureError::NothingLent {
@@ -157,13 +141,7 @@ pub fn run(case: UdpCase, repetition: usize, timing: Timing) -> Result<UdpSample
         buffers: count,
         buffer_span_bytes: span,
         warmup_seconds: (a.at - started).as_secs_f64(),
-        seconds: (b.at - a.at).as_secs_f64(),
-        frames: b.frames - a.frames,
-        bytes: b.bytes - a.bytes,
-        cpu_seconds: b.cpu - a.cpu,
-        feeder_cpu_seconds: b.feeder_cpu - a.feeder_cpu,
-        machine_busy_seconds: b.machine_busy - a.machine_busy,
-        steal_seconds: b.steal - a.steal,
+        sample: Sample::between(&a, &b),
         zcnet,
     })
 }
@@ -171,18 +149,8 @@ pub fn run(case: UdpCase, repetition: usize, timing: Timing) -> Result<UdpSample
 /// zcnet's TX counters; fails if it dropped a frame or found a malformed
 /// chain.
 fn zcnet_counters(lab: &mut UdpLab) -> Result<ZcnetTxCounters, MeasureError> {
-    if !lab.daemon.is_running() {
-        return Err(MeasureError::ZcnetExited(lab.daemon.log_text()));
-    }
-    let m = Daemon::scrape(&lab.ns);
+    let m = checked_metrics(&mut lab.daemon, &lab.ns, Direction::Tx, 1)?;
     let get = |name: &str| Daemon::metric(&m, name, 0);
-    let (dropped, malformed) = (
-        get("zcnet_tx_dropped_total"),
-        get("zcnet_malformed_chains_total"),
-    );
-    if dropped > 0 || malformed > 0 {
-        return Err(MeasureError::ZcnetRefused { dropped, malformed });
-    }
     Ok(ZcnetTxCounters {
         frames: get("zcnet_tx_frames_total"),
         zerocopy_sends: get("zcnet_tx_zerocopy_sends_total"),
@@ -191,4 +159,37 @@ fn zcnet_counters(lab: &mut UdpLab) -> Result<ZcnetTxCounters, MeasureError> {
         copy_fallbacks: get("zcnet_tx_copy_fallbacks_total"),
         lent_chains_max: get("zcnet_tx_lent_chains_max"),
     })
+}
+
+#[cfg(test)]
+impl UdpSample {
+    /// A one-second window of `frames` frames that cost zcnet
+    /// `cpu_seconds` (for the report's and the chart's tests).
+    pub fn fake(
+        mode: TxMode,
+        frame_len: usize,
+        frames: u64,
+        cpu_seconds: f64,
+        feeder_cpu_seconds: f64,
+        machine_busy_seconds: f64,
+    ) -> UdpSample {
+        UdpSample {
+            mode,
+            frame_len,
+            repetition: 0,
+            buffers: 10,
+            buffer_span_bytes: 10 * frame_len as u64,
+            warmup_seconds: 1.0,
+            sample: Sample {
+                seconds: 1.0,
+                frames,
+                bytes: frames * frame_len as u64,
+                cpu_seconds,
+                feeder_cpu_seconds,
+                machine_busy_seconds,
+                steal_seconds: 0.0,
+            },
+            zcnet: ZcnetTxCounters::default(),
+        }
+    }
 }

@@ -15,14 +15,13 @@
 //! descriptors and ring indexes are written per frame.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::harness::guest::{FakeGuest, HDR_LEN};
-use crate::harness::ring::{Desc, Ring, Used};
-use crate::measure::Counters;
+use crate::guest::{FakeGuest, HDR_LEN};
+use crate::ring::{Desc, Ring, Used};
 
 /// How long a driver sleeps on its call eventfd before it looks at the
 /// stop flag again.
@@ -30,10 +29,32 @@ const CALL_WAIT: Duration = Duration::from_millis(50);
 /// Where `num_buffers` sits in the 12-byte header.
 const NUM_BUFFERS_OFFSET: u64 = 10;
 
+/// Frames and their bytes (without the virtio-net header), added by the
+/// thread that moves them and read by the measuring thread.
+#[derive(Default)]
+pub struct Counters {
+    frames: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(&self, frames: u64, bytes: u64) {
+        self.frames.fetch_add(frames, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.frames.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Buffers of guest memory, all of one length.
 pub struct Buffers {
-    pub addrs: Vec<u64>,
-    pub len: usize,
+    addrs: Vec<u64>,
+    len: usize,
 }
 
 /// A ring with one single-descriptor chain per buffer, and the buffer that

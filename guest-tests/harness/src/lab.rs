@@ -6,8 +6,8 @@ use std::fs;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::netns::NetNs;
-use super::vm::HOST_IP;
+use crate::netns::NetNs;
+use crate::vm::HOST_IP;
 
 pub const TAP: &str = "zg0";
 
