@@ -4,19 +4,21 @@
 //! room smaller than a frame, the first interrupt after a ring restart,
 //! and an indirect chain longer than the queue.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
-use common::guest::{FakeGuest, GuestOpts, EVENT_IDX, HDR_LEN, MRG_RXBUF};
-use common::ring::{F_INDIRECT, F_NEXT, F_WRITE};
-use common::{Setup, TAP};
-use vhost::vhost_user::VhostUserFrontend;
-use vhost::{VhostBackend, VringConfigData};
-use vm_memory::{Address, Bytes};
+use zcnet_harness::daemon::{Daemon, ZcnetBin};
+use zcnet_harness::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
+use zcnet_harness::guest::{FakeGuest, GuestOpts, EVENT_IDX, HDR_LEN, MRG_RXBUF};
+use zcnet_harness::ring::{Used, F_INDIRECT, F_NEXT, F_WRITE};
+use zcnet_harness::setup::{Setup, TAP};
+use zcnet_harness::vhost::vhost_user::VhostUserFrontend;
+use zcnet_harness::vhost::VhostBackend;
+
+/// The zcnet that Cargo built for these tests.
+fn zcnet() -> ZcnetBin {
+    ZcnetBin::at(env!("CARGO_BIN_EXE_zcnet"))
+}
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -51,47 +53,12 @@ fn opts(event_idx: bool) -> GuestOpts {
     o
 }
 
-/// Lays out queue `q` again where it was, keeping its rings' memory, and
-/// hands it to the device with `base`: what a frontend does after
-/// GET_VRING_BASE, or after reconnecting to a restarted backend.
-fn restart_ring(g: &mut FakeGuest, q: usize, base: u16) {
-    let (desc, avail, used, size) = {
-        let r = &g.rings[q];
-        (r.desc, r.avail, r.used, r.size)
-    };
-    let config = VringConfigData {
-        queue_max_size: size,
-        queue_size: size,
-        flags: 0,
-        desc_table_addr: g.hva(desc),
-        used_ring_addr: g.hva(used),
-        avail_ring_addr: g.hva(avail),
-        log_addr: None,
-    };
-    let f = &mut g.frontend;
-    f.set_vring_num(q, size).expect("SET_VRING_NUM");
-    f.set_vring_base(q, base).expect("SET_VRING_BASE");
-    f.set_vring_addr(q, &config).expect("SET_VRING_ADDR");
-    f.set_vring_kick(q, &g.rings[q].kick)
-        .expect("SET_VRING_KICK");
-    f.set_vring_call(q, &g.rings[q].call)
-        .expect("SET_VRING_CALL");
-    f.set_vring_enable(q, true).expect("SET_VRING_ENABLE");
-}
-
-/// Writes `idx` as the driver's avail index of queue `q`, as a buggy or
-/// hostile guest would.
-fn set_avail_idx(g: &FakeGuest, q: usize, idx: u16) {
-    let at = g.rings[q].avail.unchecked_add(2);
-    g.mem.write_obj(idx.to_le(), at).unwrap();
-}
-
 /// Issue 12, case 1: the guest publishes an avail index that is more than
 /// a queue ahead, or behind, and kicks. That queue is broken: logged once,
 /// counted, not processed; the pair's other queue, GET_VRING_BASE and a
 /// restart of the ring all still work.
 fn impossible_avail_index(event_idx: bool, rx: bool, bad: fn(u16) -> u16) {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let raw = PacketSock::open(&s.ns, TAP, false);
     let mut g = FakeGuest::connect(&s.daemon.socket, &opts(event_idx));
@@ -100,7 +67,7 @@ fn impossible_avail_index(event_idx: bool, rx: bool, bad: fn(u16) -> u16) {
 
     let q = if rx { 0 } else { 1 };
     let next = g.rings[q].avail_idx();
-    set_avail_idx(&g, q, bad(next));
+    g.rings[q].write_avail_idx(bad(next));
     g.rings[q].kick();
     if rx {
         raw.send(&frames::test_frame(90, 3, GUEST_MAC, HOST_MAC));
@@ -122,8 +89,8 @@ fn impossible_avail_index(event_idx: bool, rx: bool, bad: fn(u16) -> u16) {
     assert_eq!(lines, 1, "logged once, not once per spin");
 
     // The frontend restarts the ring: it works again.
-    set_avail_idx(&g, q, next);
-    restart_ring(&mut g, q, next);
+    g.rings[q].write_avail_idx(next);
+    g.restart_ring(q, next);
     g.sync();
     if rx {
         // The frame sent while the queue was broken waited in the tap.
@@ -240,7 +207,7 @@ fn spread(g: &mut FakeGuest, raw: &PacketSock, first_port: u16, expect: usize) -
 /// every frame reaches an enabled pair, as the count changes.
 #[test]
 fn frames_reach_only_enabled_pairs_as_the_count_changes() {
-    let s = Setup::new(&["--queue-pairs", "4"]);
+    let s = Setup::new(&zcnet(), &["--queue-pairs", "4"]);
     let raw = PacketSock::open(&s.ns, TAP, false);
     let mut g = FakeGuest::connect(
         &s.daemon.socket,
@@ -287,7 +254,7 @@ fn frames_reach_only_enabled_pairs_as_the_count_changes() {
 /// frame but big enough for the frames that come are used at once; the
 /// rest follow after the next kick.
 fn rx_with_little_room(mergeable: bool, event_idx: bool) {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let raw = PacketSock::open(&s.ns, TAP, false);
     let mut o = opts(event_idx);
     if !mergeable {
@@ -316,7 +283,7 @@ fn rx_with_little_room(mergeable: bool, event_idx: bool) {
 /// Each used buffer holds the next frame, whole, one buffer each.
 fn check_rx(
     g: &FakeGuest,
-    used: &[common::ring::Used],
+    used: &[Used],
     bufs: &HashMap<u16, u64>,
     sent: &[Vec<u8>],
     mergeable: bool,
@@ -357,7 +324,7 @@ fn rx_uses_small_buffers_at_once_without_mrg_rxbuf() {
 /// frames behind each still arrive.
 #[test]
 fn rx_frame_larger_than_the_posted_room_waits_for_it() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     s.ns.ip(&["link", "set", TAP, "mtu", "9000"]);
     let raw = PacketSock::open(&s.ns, TAP, false);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
@@ -409,7 +376,7 @@ fn rx_frame_larger_than_the_posted_room_waits_for_it() {
 /// `used_event` behind the used index, the first completion interrupts
 /// the guest anyway; EVENT_IDX suppression works again after it.
 fn first_completion_after_a_restart_interrupts(rx: bool) {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let raw = PacketSock::open(&s.ns, TAP, false);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
@@ -425,9 +392,8 @@ fn first_completion_after_a_restart_interrupts(rx: bool) {
     let base = g.frontend.get_vring_base(q).expect("GET_VRING_BASE");
     assert_eq!(base, 10);
     // The guest's used_event: "interrupt me after entry 7", long passed.
-    let used_event_at = g.rings[q].avail.unchecked_add(4 + 2 * 256);
-    g.mem.write_obj(7u16.to_le(), used_event_at).unwrap();
-    restart_ring(&mut g, q, 10);
+    g.rings[q].write_used_event(7);
+    g.restart_ring(q, 10);
     g.sync();
     while g.rings[q].wait_call(Duration::ZERO) {}
 
@@ -518,10 +484,10 @@ fn indirect_tx(g: &mut FakeGuest, table_len: usize, tag: u32) -> (u16, Vec<u8>) 
 /// queue size is a frame.
 #[test]
 fn an_indirect_chain_longer_than_the_queue_is_malformed() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
-    let size = usize::from(g.tx(0).size);
+    let size = usize::from(g.tx(0).size());
     let (bad, _) = indirect_tx(&mut g, size + 1, 0xbad);
     let (good, frame) = indirect_tx(&mut g, size, 0x600d);
     g.tx(0).kick();
@@ -541,10 +507,10 @@ fn an_indirect_chain_longer_than_the_queue_is_malformed() {
 /// with length 0 and the next buffer takes the frame.
 #[test]
 fn an_indirect_rx_chain_longer_than_the_queue_is_malformed() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let raw = PacketSock::open(&s.ns, TAP, false);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
-    let size = usize::from(g.rx(0).size);
+    let size = usize::from(g.rx(0).size());
     let buf = g.alloc(4 * (size + 1));
     let table = g.alloc(16 * (size + 1));
     let mut bytes = Vec::new();

@@ -151,7 +151,7 @@ fn cloud_hypervisor_negotiation_with_memory_slots_and_config() {
 /// and the connection stays up.
 #[test]
 fn qemu_order_set_vring_enable_before_set_features_keeps_the_connection() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let mut raw = s.daemon.connect_raw();
     raw.set_read_timeout(Some(WAIT)).unwrap();
     const GET_FEATURES: u32 = 1;
@@ -258,7 +258,7 @@ fn bad_messages_get_an_error_and_the_daemon_keeps_listening() {
 /// one.
 #[test]
 fn a_ring_size_that_is_not_a_power_of_two_is_refused_and_the_daemon_keeps_serving() {
-    let s = Setup::new(&[]);
+    let s = Setup::new(&zcnet(), &[]);
     let host = PacketSock::open(&s.ns, TAP, true);
 
     // With REPLY_ACK: an error reply, and the same frontend goes on.

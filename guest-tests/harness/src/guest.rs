@@ -27,7 +27,7 @@ const BUFFERS_BASE: u64 = 0x80_0000;
 pub const VERSION_1: u64 = 1 << 32;
 pub const EVENT_IDX: u64 = 1 << 29;
 pub const INDIRECT_DESC: u64 = 1 << 28;
-const PROTOCOL_FEATURES: u64 = 1 << 30;
+pub const PROTOCOL_FEATURES: u64 = 1 << 30;
 pub const IN_ORDER: u64 = 1 << 35;
 pub const CSUM: u64 = 1 << 0;
 pub const GUEST_CSUM: u64 = 1 << 1;
@@ -191,7 +191,7 @@ impl FakeGuest {
             .collect()
     }
 
-    fn set_mem_table(&mut self) {
+    pub fn set_mem_table(&mut self) {
         let regions = self.regions();
         self.frontend
             .set_mem_table(&regions)
@@ -207,8 +207,30 @@ impl FakeGuest {
     /// KICK, CALL, ENABLE.
     pub fn start_ring(&mut self, q: usize, size: u16) {
         let ring = Ring::new(&self.mem, RINGS_BASE + q as u64 * RING_STRIDE, size);
+        self.hand_ring(q, &ring, 0);
+        if self.rings.len() <= q {
+            self.rings.push(ring);
+        } else {
+            self.rings[q] = ring;
+        }
+    }
+
+    /// Hands queue `q` to the device again where it is, its memory as it
+    /// is, starting at avail index `base`: what a frontend does after
+    /// GET_VRING_BASE, or after reconnecting to a restarted backend.
+    pub fn restart_ring(&mut self, q: usize, base: u16) {
+        let ring = std::mem::replace(&mut self.rings[q], Ring::placeholder(&self.mem));
+        self.hand_ring(q, &ring, base);
+        self.rings[q] = ring;
+    }
+
+    /// NUM, BASE, ADDR, KICK, CALL and (with PROTOCOL_FEATURES) ENABLE.
+    fn hand_ring(&mut self, q: usize, ring: &Ring, base: u16) {
+        let size = ring.size;
         self.frontend.set_vring_num(q, size).expect("SET_VRING_NUM");
-        self.frontend.set_vring_base(q, 0).expect("SET_VRING_BASE");
+        self.frontend
+            .set_vring_base(q, base)
+            .expect("SET_VRING_BASE");
         let config = VringConfigData {
             queue_max_size: size,
             queue_size: size,
@@ -231,11 +253,6 @@ impl FakeGuest {
             self.frontend
                 .set_vring_enable(q, true)
                 .expect("SET_VRING_ENABLE");
-        }
-        if self.rings.len() <= q {
-            self.rings.push(ring);
-        } else {
-            self.rings[q] = ring;
         }
     }
 

@@ -10,7 +10,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
+pub const F_WRITE: u16 = 2;
 pub const F_INDIRECT: u16 = 4;
 
 /// One descriptor as the driver wants it.
@@ -62,6 +62,47 @@ impl Ring {
             kick: EventFd::new(EFD_NONBLOCK).unwrap(),
             call: EventFd::new(EFD_NONBLOCK).unwrap(),
         }
+    }
+
+    /// An empty stand-in, while a ring is lent out of the guest's list.
+    pub(crate) fn placeholder(mem: &GuestMemoryMmap) -> Ring {
+        Ring {
+            mem: mem.clone(),
+            size: 0,
+            desc: GuestAddress(0),
+            avail: GuestAddress(0),
+            used: GuestAddress(0),
+            free: Vec::new(),
+            chains: HashMap::new(),
+            avail_idx: 0,
+            last_used: 0,
+            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            call: EventFd::new(EFD_NONBLOCK).unwrap(),
+        }
+    }
+
+    /// Entries in the ring.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Writes `idx` as the driver's avail index without publishing any
+    /// entry, as a buggy or hostile driver would (the ring's own count is
+    /// unchanged).
+    pub fn write_avail_idx(&self, idx: u16) {
+        fence(Ordering::SeqCst);
+        self.mem
+            .write_obj(idx.to_le(), self.avail.unchecked_add(2))
+            .unwrap();
+        fence(Ordering::SeqCst);
+    }
+
+    /// Writes `used_event` (EVENT_IDX): the driver wants an interrupt once
+    /// the used index passes `event`.
+    pub fn write_used_event(&self, event: u16) {
+        let at = self.avail.unchecked_add(4 + 2 * u64::from(self.size));
+        self.mem.write_obj(event.to_le(), at).unwrap();
+        fence(Ordering::SeqCst);
     }
 
     /// Writes descriptor `index` of the table as given, flags and all.
@@ -125,7 +166,7 @@ impl Ring {
     }
 
     /// The avail index published so far.
-    pub(crate) fn avail_idx(&self) -> u16 {
+    pub fn avail_idx(&self) -> u16 {
         self.avail_idx
     }
 
@@ -174,7 +215,7 @@ impl Ring {
     }
 
     /// How many chains are on the avail ring and not yet returned.
-    pub(crate) fn outstanding(&self) -> u16 {
+    pub fn outstanding(&self) -> u16 {
         self.avail_idx.wrapping_sub(self.last_used)
     }
 
