@@ -11,6 +11,7 @@ pub mod offload;
 pub mod stream;
 pub mod tap;
 pub mod udp;
+pub mod vxlan;
 pub mod zerocopy;
 
 pub use attachment::{Attachment, Completion, Readiness, SendMode, Sent};

@@ -1,0 +1,16 @@
+//! Building blocks of the VXLAN attachment (RFC 7348): each guest TX frame
+//! leaves as one UDP datagram to a remote VTEP, an 8-byte VXLAN header from
+//! zcnet's memory followed by the inner Ethernet frame straight from guest
+//! memory; a TSO frame leaves as MSS-sized inner segments in as few
+//! `UDP_SEGMENT` sends as the kernel allows.
+//!
+//! Nothing here does I/O; every piece is tested without root.
+//! - [`header`]: the VXLAN header, decapsulation checks, overhead and MTU.
+//! - [`ether`]: MAC addresses and the inner Ethernet/VLAN header.
+//! - [`fdb`]: the forwarding database (inner MAC to remote VTEP).
+
+pub mod ether;
+pub mod header;
+
+pub use ether::MacAddr;
+pub use header::{decapsulate, encode, DropReason, Underlay, Vni, VXLAN_PORT};
