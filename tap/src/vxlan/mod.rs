@@ -10,7 +10,9 @@
 //! - [`fdb`]: the forwarding database (inner MAC to remote VTEP).
 
 pub mod ether;
+pub mod fdb;
 pub mod header;
 
 pub use ether::MacAddr;
+pub use fdb::{Destination, Fdb, FdbConfig, Learned, Learning, Refusal};
 pub use header::{decapsulate, encode, DropReason, Underlay, Vni, VXLAN_PORT};
