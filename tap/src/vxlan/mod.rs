@@ -8,11 +8,14 @@
 //! - [`header`]: the VXLAN header, decapsulation checks, overhead and MTU.
 //! - [`ether`]: MAC addresses and the inner Ethernet/VLAN header.
 //! - [`fdb`]: the forwarding database (inner MAC to remote VTEP).
+//! - [`flow_hash`]: the outer UDP source port, from the inner flow.
 
 pub mod ether;
 pub mod fdb;
+pub mod flow_hash;
 pub mod header;
 
 pub use ether::MacAddr;
 pub use fdb::{Destination, Fdb, FdbConfig, Learned, Learning, Refusal};
+pub use flow_hash::{FlowHasher, PortRange};
 pub use header::{decapsulate, encode, DropReason, Underlay, Vni, VXLAN_PORT};
