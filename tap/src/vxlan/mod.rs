@@ -9,13 +9,20 @@
 //! - [`ether`]: MAC addresses and the inner Ethernet/VLAN header.
 //! - [`fdb`]: the forwarding database (inner MAC to remote VTEP).
 //! - [`flow_hash`]: the outer UDP source port, from the inner flow.
+//! - [`vnet`]: the guest's virtio-net header fields for checksum and GSO.
+//! - [`csum`]: the Internet checksum, from pieces (payload sums come from
+//!   guest memory through [`PayloadSum`]).
 
+pub mod csum;
 pub mod ether;
 pub mod fdb;
 pub mod flow_hash;
 pub mod header;
+pub mod vnet;
 
+pub use csum::{Csum, PayloadSum};
 pub use ether::MacAddr;
 pub use fdb::{Destination, Fdb, FdbConfig, Learned, Learning, Refusal};
 pub use flow_hash::{FlowHasher, PortRange};
 pub use header::{decapsulate, encode, DropReason, Underlay, Vni, VXLAN_PORT};
+pub use vnet::VirtioNetHdr;
