@@ -12,17 +12,30 @@
 //! - [`vnet`]: the guest's virtio-net header fields for checksum and GSO.
 //! - [`csum`]: the Internet checksum, from pieces (payload sums come from
 //!   guest memory through [`PayloadSum`]).
+//! - [`layout`]: where a TSO frame's Ethernet, IP and TCP headers are.
+//! - [`segment`]: TSO planning, per-segment headers and checksums.
+//! - [`partial_csum`]: checksum offload for a frame sent whole.
 
 pub mod csum;
 pub mod ether;
 pub mod fdb;
 pub mod flow_hash;
 pub mod header;
+pub mod layout;
+pub mod partial_csum;
+pub mod segment;
 pub mod vnet;
+
+#[cfg(test)]
+mod segment_tests;
+#[cfg(test)]
+mod testutil;
 
 pub use csum::{Csum, PayloadSum};
 pub use ether::MacAddr;
 pub use fdb::{Destination, Fdb, FdbConfig, Learned, Learning, Refusal};
 pub use flow_hash::{FlowHasher, PortRange};
 pub use header::{decapsulate, encode, DropReason, Underlay, Vni, VXLAN_PORT};
+pub use partial_csum::{complete_checksum, CsumError};
+pub use segment::{SegmentError, TsoLimits, TsoPlan};
 pub use vnet::VirtioNetHdr;
