@@ -508,6 +508,21 @@ mod tests {
     }
 
     #[test]
+    fn hashing_allocates_nothing() {
+        let h = FlowHasher::new(SEED, PortRange::DYNAMIC);
+        let frames = [
+            ipv4([10, 0, 0, 1], [10, 0, 0, 2], IPPROTO_TCP, 1, 2),
+            ipv6(1, 2, IPPROTO_UDP, 3, 4),
+            eth(0x0806, Some(3)),
+        ];
+        let before = crate::vxlan::testutil::allocations();
+        for f in &frames {
+            h.source_port(f);
+        }
+        assert_eq!(crate::vxlan::testutil::allocations() - before, 0);
+    }
+
+    #[test]
     fn ranges() {
         assert_eq!(
             PortRange::new(0, 10),

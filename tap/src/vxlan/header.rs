@@ -21,7 +21,8 @@
 //! them), "for backwards compatibility" and so that a peer speaking an
 //! extension zcnet does not know is not misread as plain VXLAN. zcnet does
 //! the same, in the same order, and also drops an inner frame too short to
-//! hold an Ethernet header (the kernel's `eth_type_trans` needs 14 bytes).
+//! hold an Ethernet header (the kernel's `__iptunnel_pull_header` fails
+//! without `ETH_HLEN` bytes after the VXLAN header).
 
 use std::net::SocketAddr;
 use std::ops::Range;

@@ -27,6 +27,8 @@ pub mod segment;
 pub mod vnet;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod segment_tests;
 #[cfg(test)]
 mod testutil;
