@@ -32,6 +32,8 @@ mod proptests;
 mod segment_tests;
 #[cfg(test)]
 mod testutil;
+#[cfg(test)]
+mod udp_gso_tests;
 
 pub use csum::{Csum, PayloadSum};
 pub use ether::MacAddr;
