@@ -5,6 +5,8 @@
 //! host: a send either completes at once (the kernel copied the frame) or is
 //! lent, in which case the descriptor chain stays with zcnet until the kernel
 //! reports that it released the guest's pages.
+//! [`vxlan`] holds the building blocks of a VXLAN attachment (header, FDB,
+//! source-port hash, TSO planning); no attachment uses them yet.
 
 pub mod attachment;
 pub mod frame;
@@ -14,6 +16,7 @@ pub mod stream;
 pub mod tap;
 pub mod udp;
 pub mod vnet_hdr;
+pub mod vxlan;
 pub mod zerocopy;
 
 pub use attachment::{Attachment, Completion, GuestConfig, Readiness, SendMode, Sent};

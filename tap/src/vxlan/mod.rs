@@ -1,0 +1,45 @@
+//! Building blocks of the VXLAN attachment (RFC 7348): each guest TX frame
+//! leaves as one UDP datagram to a remote VTEP, an 8-byte VXLAN header from
+//! zcnet's memory followed by the inner Ethernet frame straight from guest
+//! memory; a TSO frame leaves as MSS-sized inner segments in as few
+//! `UDP_SEGMENT` sends as the kernel allows.
+//!
+//! Nothing here does I/O; every piece is tested without root.
+//! - [`header`]: the VXLAN header, decapsulation checks, overhead and MTU.
+//! - [`ether`]: MAC addresses and the inner Ethernet/VLAN header.
+//! - [`fdb`]: the forwarding database (inner MAC to remote VTEP).
+//! - [`flow_hash`]: the outer UDP source port, from the inner flow.
+//! - [`vnet`]: the guest's virtio-net header fields for checksum and GSO.
+//! - [`csum`]: the Internet checksum, from pieces (payload sums come from
+//!   guest memory through [`PayloadSum`]).
+//! - [`layout`]: where a TSO frame's Ethernet, IP and TCP headers are.
+//! - [`segment`]: TSO planning, per-segment headers and checksums.
+//! - [`partial_csum`]: checksum offload for a frame sent whole.
+
+pub mod csum;
+pub mod ether;
+pub mod fdb;
+pub mod flow_hash;
+pub mod header;
+pub mod layout;
+pub mod partial_csum;
+pub mod segment;
+pub mod vnet;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod segment_tests;
+#[cfg(test)]
+mod testutil;
+#[cfg(test)]
+mod udp_gso_tests;
+
+pub use csum::{Csum, PayloadSum};
+pub use ether::MacAddr;
+pub use fdb::{Destination, Fdb, FdbConfig, Learned, Learning, Refusal};
+pub use flow_hash::{FlowHasher, PortRange};
+pub use header::{decapsulate, encode, DropReason, Underlay, Vni, VXLAN_PORT};
+pub use partial_csum::{complete_checksum, CsumError};
+pub use segment::{SegmentError, TsoLimits, TsoPlan};
+pub use vnet::VirtioNetHdr;
