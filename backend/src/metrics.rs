@@ -114,7 +114,7 @@ impl Metrics {
         );
         let queues = (0..queue_pairs)
             .map(|q| {
-                let l: Labels = vec![("queue".to_owned(), q.to_string())];
+                let l: Labels = vec![("queue_pair".to_owned(), q.to_string())];
                 QueueMetrics {
                     tx_frames: tx_frames.get_or_create(&l).clone(),
                     tx_bytes: tx_bytes.get_or_create(&l).clone(),
@@ -215,15 +215,15 @@ mod tests {
         m.queue(0).malformed_chains.inc();
         let text = m.render();
         assert!(
-            text.contains("zcnet_tx_frames_total{queue=\"1\"} 7\n"),
+            text.contains("zcnet_tx_frames_total{queue_pair=\"1\"} 7\n"),
             "{text}"
         );
         assert!(
-            text.contains("zcnet_tx_frames_total{queue=\"0\"} 0\n"),
+            text.contains("zcnet_tx_frames_total{queue_pair=\"0\"} 0\n"),
             "{text}"
         );
         assert!(
-            text.contains("zcnet_malformed_chains_total{queue=\"0\"} 1\n"),
+            text.contains("zcnet_malformed_chains_total{queue_pair=\"0\"} 1\n"),
             "{text}"
         );
     }

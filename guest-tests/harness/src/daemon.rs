@@ -228,7 +228,7 @@ impl Daemon {
 
     /// The value of `metric{queue="q"}` in a scrape.
     pub fn metric(text: &str, metric: &str, queue: usize) -> u64 {
-        sample_value(text, &format!("{metric}{{queue=\"{queue}\"}} "))
+        sample_value(text, &format!("{metric}{{queue_pair=\"{queue}\"}} "))
     }
 
     /// Waits (bounded) until a queue-0 counter of the zcnet in `ns`
