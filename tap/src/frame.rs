@@ -143,7 +143,9 @@ impl<'a> RxBuffers<'a> {
 
     /// The iovecs past the first `skip` bytes, for a receive that leaves
     /// a prefix (the virtio-net header) to the caller. The buffers keep
-    /// only those bytes afterwards.
+    /// only those bytes afterwards, and the iovec storage they were built
+    /// on is changed: whoever built them builds them anew for the next
+    /// receive (as the datapath does for every read).
     pub fn skip(&mut self, skip: usize) -> &[libc::iovec] {
         let mut left = skip;
         let mut first = 0;
