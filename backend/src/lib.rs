@@ -11,6 +11,8 @@ mod config_space;
 mod control;
 pub mod daemon;
 mod datapath;
+#[cfg(test)]
+mod datapath_tests;
 mod device;
 pub mod features;
 mod frontend_relay;
@@ -20,4 +22,6 @@ pub mod lending;
 pub mod metrics;
 mod queue_pair;
 mod rx;
+#[cfg(test)]
+mod testing;
 mod tx;
