@@ -113,6 +113,34 @@ fn a_frame_that_took_several_ids_completes_when_all_of_them_have() {
     assert_eq!(h.metrics.lent_chains.get(), 0);
 }
 
+#[test]
+fn duplicate_and_unknown_completions_complete_nothing() {
+    let h = Setup::lending(ZeroCopyMode::On).build();
+    h.fake.reply([Reply::LendIds(2), Reply::Accept]);
+    let heads = lend(&h, 2); // ids 0-1, then 2
+    h.fake.complete(0, 0, false);
+    h.notified();
+    assert_eq!(used_heads(&h), [0u16; 0]);
+    h.fake.complete(0, 0, false);
+    h.notified();
+    assert_eq!(used_heads(&h), [0u16; 0], "a repeated id 0 is not id 1");
+    h.fake.complete(7, 9, false);
+    h.fake.complete(u32::MAX - 5, u32::MAX, false);
+    h.notified();
+    assert_eq!(used_heads(&h), [0u16; 0], "ids never lent");
+    assert_eq!(h.metrics.lent_chains.get(), 2);
+    h.fake.complete(1, 1, false);
+    h.notified();
+    assert_eq!(used_heads(&h), heads[0..1]);
+    h.fake.complete(0, 1, false);
+    h.notified();
+    assert_eq!(used_heads(&h), [0u16; 0], "a chain is used once");
+    h.fake.complete(2, 2, false);
+    h.notified();
+    assert_eq!(used_heads(&h), heads[1..2]);
+    assert_eq!(h.metrics.lent_chains.get(), 0);
+}
+
 /// In `auto`, a kernel that keeps copying lent frames (local delivery)
 /// makes the engine copy for a while; `on` keeps lending.
 #[test]
