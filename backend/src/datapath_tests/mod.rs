@@ -3,4 +3,5 @@
 
 mod lending;
 mod rx;
+mod stop;
 mod tx;

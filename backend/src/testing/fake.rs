@@ -143,6 +143,18 @@ impl Fake {
         });
     }
 
+    /// Completions that arrive while the datapath waits for them: each
+    /// call of `wait_notifications` brings the next batch. With none left
+    /// a wait blocks for its whole timeout, as a poll would.
+    pub fn arrive_during_waits(&self, batches: impl IntoIterator<Item = Vec<Completion>>) {
+        lock(&self.state).arrivals.extend(batches);
+    }
+
+    /// How many times the datapath waited for notifications.
+    pub fn waits(&self) -> usize {
+        lock(&self.state).waits
+    }
+
     /// What the last `configure` said.
     pub fn config(&self) -> GuestConfig {
         lock(&self.state).config

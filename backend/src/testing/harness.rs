@@ -225,6 +225,16 @@ impl Harness {
         self.event(PairEvent::Attachment(EventSet::ERROR));
     }
 
+    /// GET_VRING_BASE as vhost-user-backend handles it: the queue stops
+    /// being ready, then the backend's `stop_vring` runs; returns the base
+    /// the frontend gets.
+    pub fn stop(&self, q: Vq) -> u16 {
+        let vring = &self.vrings[q as usize];
+        vring.set_queue_ready(false);
+        self.pair.stop_queue(q as u32);
+        vring.queue_next_avail()
+    }
+
     /// The device's next avail index on `q` (where it will pop next).
     pub fn next_avail(&self, q: Vq) -> u16 {
         self.vrings[q as usize].queue_next_avail()
