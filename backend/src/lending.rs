@@ -44,13 +44,35 @@ pub struct LendPolicy {
 const COPIED_STREAK: u32 = 16;
 const BACKOFF_FRAMES: u32 = 4096;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Pending {
     head: u16,
     first_id: u32,
     ids: u32,
     /// Ids of this chain not yet completed.
     left: u32,
+    /// For a frame of several ids, which of them have completed (bit `i`
+    /// of word `i / 64`: id `first_id + i`), so an id reported twice is
+    /// counted once. Empty (no allocation) for a frame of one id.
+    done: Vec<u64>,
+}
+
+impl Pending {
+    /// Marks id `first_id + i` completed; returns whether it was not yet.
+    fn mark(&mut self, i: u32) -> bool {
+        if self.done.is_empty() {
+            let fresh = self.left > 0;
+            self.left = 0;
+            return fresh;
+        }
+        let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+        if self.done[word] & bit != 0 {
+            return false;
+        }
+        self.done[word] |= bit;
+        self.left -= 1;
+        true
+    }
 }
 
 /// Why a frame was copied although lending was possible.
@@ -113,25 +135,30 @@ impl Lending {
     /// Records a chain whose frame took ids `first_id..=last_id`.
     pub fn lend(&mut self, head: u16, first_id: u32, last_id: u32) {
         let ids = last_id.wrapping_sub(first_id).wrapping_add(1);
+        let done = if ids > 1 {
+            vec![0; ids.div_ceil(64) as usize]
+        } else {
+            Vec::new()
+        };
         self.pending.push_back(Pending {
             head,
             first_id,
             ids,
             left: ids,
+            done,
         });
         self.max_lent = self.max_lent.max(self.pending.len());
     }
 
     /// Applies one notification; appends the heads of the chains it
     /// finished to `done`. Returns how many ids it covered that belong to
-    /// chains zcnet still holds.
+    /// chains zcnet still holds and that no earlier notification covered.
     pub fn complete(&mut self, c: Completion, pair: usize, done: &mut Vec<u16>) -> u64 {
         let span = c.last.wrapping_sub(c.first);
         let mut covered = 0u64;
         for p in &mut self.pending {
             for i in 0..p.ids {
-                if p.first_id.wrapping_add(i).wrapping_sub(c.first) <= span {
-                    p.left = p.left.saturating_sub(1);
+                if p.first_id.wrapping_add(i).wrapping_sub(c.first) <= span && p.mark(i) {
                     covered += 1;
                 }
             }
@@ -207,6 +234,19 @@ mod tests {
         // A repeated or unknown notification completes nothing.
         assert_eq!(l.complete(c(0, 3), 0, &mut done), 0);
         assert_eq!(done.len(), 3);
+    }
+
+    #[test]
+    fn an_id_reported_twice_counts_once() {
+        let mut l = engine(ZeroCopyMode::On, 8);
+        l.lend(5, 0, 2);
+        let mut done = Vec::new();
+        assert_eq!(l.complete(c(0, 1), 0, &mut done), 2);
+        assert_eq!(l.complete(c(1, 1), 0, &mut done), 0);
+        assert_eq!(l.complete(c(0, 0), 0, &mut done), 0);
+        assert!(done.is_empty(), "id 2 is still out");
+        assert_eq!(l.complete(c(1, 2), 0, &mut done), 1);
+        assert_eq!(done, vec![5]);
     }
 
     #[test]

@@ -11,6 +11,8 @@ mod config_space;
 mod control;
 pub mod daemon;
 mod datapath;
+#[cfg(test)]
+mod datapath_tests;
 mod device;
 mod features;
 mod frontend_relay;
@@ -23,6 +25,8 @@ mod net_intercept;
 mod queue_pair;
 mod ring;
 mod rx;
+#[cfg(test)]
+mod testing;
 mod tx;
 mod vhost_message;
 

@@ -1,0 +1,197 @@
+//! TX: the EVENT_IDX drain, EAGAIN, guest calls during a long drain, and
+//! what a header or a host error does to a frame.
+
+use std::sync::{Arc, Mutex};
+
+use zcnet_tap::vnet_hdr::{VnetHdr, GSO_NONE};
+use zcnet_tap::{SendMode, Sent};
+
+use crate::testing::{frame, Reply, Setup, Used, Vq};
+
+fn used_in_order(heads: &[u16]) -> Vec<Used> {
+    heads.iter().map(|&id| Used { id, len: 0 }).collect()
+}
+
+#[test]
+fn chains_published_while_notifications_are_off_go_out_in_the_same_event() {
+    let h = Setup::default().build();
+    let frames: Vec<Vec<u8>> = (0..8).map(|i| frame(100 + i, i as u8)).collect();
+    let mut heads: Vec<u16> = frames[..4].iter().map(|f| h.send(f)).collect();
+    assert!(h.tx.needs_kick(0), "the first chains are kicked");
+
+    // While the device drains, the guest publishes four more. The device
+    // asked for no kick meanwhile, so the guest's driver sends none.
+    let late: Vec<Vec<u8>> = frames[4..].iter().map(|f| h.wire(f)).collect();
+    let (tx, late_heads, kicked) = (
+        h.tx.clone(),
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(None)),
+    );
+    let (lh, k) = (late_heads.clone(), kicked.clone());
+    h.fake.on_send(move |n| {
+        if n == 2 {
+            let old = tx.avail_idx();
+            lh.lock().unwrap().extend(late.iter().map(|w| tx.send(w)));
+            *k.lock().unwrap() = Some(tx.needs_kick(old));
+        }
+    });
+    h.tx_kick();
+
+    assert_eq!(
+        *kicked.lock().unwrap(),
+        Some(false),
+        "no kick was asked for"
+    );
+    heads.extend(late_heads.lock().unwrap().iter());
+    let sent: Vec<Vec<u8>> = h.fake.sent().into_iter().map(|s| s.bytes).collect();
+    assert_eq!(sent, frames, "all eight, in order, in one event");
+    assert_eq!(h.tx.take_used(), used_in_order(&heads));
+    assert_eq!(
+        h.tx.avail_event(),
+        8,
+        "avail_event ends past every chain taken"
+    );
+    let old = h.tx.avail_idx();
+    h.send(&frame(60, 9));
+    assert!(h.tx.needs_kick(old), "so the next chain is kicked");
+    assert_eq!(h.metrics.tx_frames.get(), 8);
+    assert_eq!(h.metrics.tx_bytes.get(), (100..108).sum::<u64>());
+    assert_eq!(h.calls(Vq::Tx), 1, "one call for the drain");
+}
+
+#[test]
+fn a_send_that_would_block_leaves_the_chain_on_the_avail_ring_until_writable() {
+    let h = Setup::default().build();
+    h.fake.reply([Reply::WouldBlock]);
+    let frames = [frame(200, 1), frame(300, 2)];
+    let heads: Vec<u16> = frames.iter().map(|f| h.send(f)).collect();
+    h.tx_kick();
+
+    assert_eq!(h.fake.attempts(), 1, "stops at the first EAGAIN");
+    assert!(h.fake.sent().is_empty());
+    assert_eq!(h.tx.used_idx(), 0, "not returned");
+    assert_eq!(h.next_avail(Vq::Tx), 0, "given back to the avail ring");
+    assert_eq!(h.tx.outstanding(), 2, "and not lost: still the device's");
+    assert_eq!(h.calls(Vq::Tx), 0);
+
+    // Blocked: a kick does not retry; the worker waits for EPOLLOUT.
+    h.tx_kick();
+    assert_eq!(h.fake.attempts(), 1, "a kick while blocked sends nothing");
+
+    h.writable();
+    let sent: Vec<Vec<u8>> = h.fake.sent().into_iter().map(|s| s.bytes).collect();
+    assert_eq!(sent, frames, "each frame sent exactly once, in order");
+    assert_eq!(h.tx.take_used(), used_in_order(&heads));
+    assert_eq!(h.calls(Vq::Tx), 1);
+    assert_eq!(h.metrics.tx_frames.get(), 2);
+    assert_eq!(h.metrics.tx_bytes.get(), 500);
+    assert_eq!(h.metrics.tx_dropped.get(), 0);
+    assert_eq!(h.metrics.malformed_chains.get(), 0);
+}
+
+/// A long drain calls the guest partway when its `used_event` asks, so
+/// it can refill the ring while the device still works.
+#[test]
+fn a_long_drain_calls_the_guest_before_it_ends() {
+    let h = Setup::default().build();
+    h.tx.set_used_event(0); // a call at the first used chain
+    let heads: Vec<u16> = (0..200).map(|i| h.send(&frame(64, i as u8))).collect();
+    let (calls, tx) = (h.watch_calls(Vq::Tx), h.tx.clone());
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    h.fake.on_send(move |n| {
+        if n == 100 {
+            *s.lock().unwrap() = Some((calls.take(), tx.used_idx()));
+        }
+    });
+    h.tx_kick();
+
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some((1, 99)),
+        "by the 100th send the guest was called, with 99 chains back"
+    );
+    assert_eq!(h.tx.take_used(), used_in_order(&heads));
+    assert_eq!(h.calls(Vq::Tx), 0, "used_event did not move: no more calls");
+    assert_eq!(h.metrics.tx_frames.get(), 200);
+}
+
+#[test]
+fn no_call_when_the_guest_asked_for_one_much_later() {
+    let h = Setup::default().build();
+    h.tx.set_used_event(1000);
+    for i in 0..200 {
+        h.send(&frame(64, i as u8));
+    }
+    h.tx_kick();
+    assert_eq!(h.tx.take_used().len(), 200);
+    assert_eq!(h.calls(Vq::Tx), 0, "used_event is far ahead");
+    assert_eq!(h.metrics.tx_frames.get(), 200);
+}
+
+/// Issue 12, case 4: `hdr_len` is a hint without GSO. Whatever the guest
+/// wrote there, the frame goes out with a normalised header.
+#[test]
+fn a_lying_hdr_len_without_gso_is_normalised_and_the_frame_sent() {
+    for hdr_len in [10u16, 2000] {
+        let h = Setup::default().build();
+        let hdr = VnetHdr {
+            hdr_len,
+            gso_type: GSO_NONE,
+            ..VnetHdr::default()
+        };
+        let f = frame(100, 7);
+        let head = h.send_with(&hdr, &f);
+        h.tx_kick();
+
+        let sent = h.fake.sent();
+        assert_eq!(sent.len(), 1, "hdr_len {hdr_len}: sent");
+        assert_eq!(
+            sent[0].hdr,
+            VnetHdr::default(),
+            "hdr_len {hdr_len} became 0"
+        );
+        assert_eq!(sent[0].bytes, f);
+        assert_eq!(h.tx.take_used(), used_in_order(&[head]));
+        assert_eq!(h.metrics.malformed_chains.get(), 0);
+        assert_eq!(h.metrics.tx_frames.get(), 1);
+    }
+}
+
+#[test]
+fn a_host_error_drops_the_frame_as_tx_dropped_not_malformed() {
+    let h = Setup::default().build();
+    h.fake.reply([Reply::Error(libc::EIO)]);
+    let lost = h.send(&frame(100, 1));
+    let next = frame(100, 2);
+    let after = h.send(&next);
+    h.tx_kick();
+
+    assert_eq!(h.tx.take_used(), used_in_order(&[lost, after]));
+    let sent = h.fake.sent();
+    assert_eq!(sent.len(), 1, "the queue goes on after the error");
+    assert_eq!(
+        (sent[0].bytes.as_slice(), sent[0].mode),
+        (next.as_slice(), SendMode::Copy)
+    );
+    assert_eq!(sent[0].sent, Sent::Copied);
+    assert_eq!(h.metrics.tx_dropped.get(), 1);
+    assert_eq!(h.metrics.malformed_chains.get(), 0);
+    assert_eq!(h.metrics.tx_frames.get(), 1);
+}
+
+#[test]
+fn a_header_with_unknown_flags_is_malformed_not_dropped() {
+    let h = Setup::default().build();
+    let bad = VnetHdr {
+        flags: 0x40,
+        ..VnetHdr::default()
+    };
+    let head = h.send_with(&bad, &frame(100, 1));
+    h.tx_kick();
+    assert_eq!(h.tx.take_used(), used_in_order(&[head]));
+    assert_eq!(h.fake.attempts(), 0, "never reaches the attachment");
+    assert_eq!(h.metrics.malformed_chains.get(), 1);
+    assert_eq!(h.metrics.tx_dropped.get(), 0);
+    assert_eq!(h.metrics.tx_frames.get(), 0);
+}
