@@ -51,27 +51,48 @@ struct Pending {
     ids: u32,
     /// Ids of this chain not yet completed.
     left: u32,
-    /// For a frame of several ids, which of them have completed (bit `i`
-    /// of word `i / 64`: id `first_id + i`), so an id reported twice is
-    /// counted once. Empty (no allocation) for a frame of one id.
-    done: Vec<u64>,
+    /// Which ids of the frame have completed (bit `i`: id `first_id + i`),
+    /// so an id reported twice is counted once.
+    done: IdBits,
+}
+
+/// A bitmap of a frame's ids: inline up to 64 ids (a TSO frame's batches,
+/// a flood to a few dozen VTEPs: no allocation), on the heap beyond.
+#[derive(Clone, Debug)]
+enum IdBits {
+    Inline(u64),
+    Heap(Vec<u64>),
+}
+
+impl IdBits {
+    fn new(ids: u32) -> Self {
+        if ids <= 64 {
+            IdBits::Inline(0)
+        } else {
+            IdBits::Heap(vec![0; ids.div_ceil(64) as usize])
+        }
+    }
+
+    /// Sets bit `i`; returns whether it was clear.
+    fn set(&mut self, i: u32) -> bool {
+        let (word, bit) = match self {
+            IdBits::Inline(w) => (w, 1u64 << i),
+            IdBits::Heap(v) => (&mut v[(i / 64) as usize], 1u64 << (i % 64)),
+        };
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
+    }
 }
 
 impl Pending {
     /// Marks id `first_id + i` completed; returns whether it was not yet.
     fn mark(&mut self, i: u32) -> bool {
-        if self.done.is_empty() {
-            let fresh = self.left > 0;
-            self.left = 0;
-            return fresh;
+        let fresh = self.done.set(i);
+        if fresh {
+            self.left -= 1;
         }
-        let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
-        if self.done[word] & bit != 0 {
-            return false;
-        }
-        self.done[word] |= bit;
-        self.left -= 1;
-        true
+        fresh
     }
 }
 
@@ -135,17 +156,12 @@ impl Lending {
     /// Records a chain whose frame took ids `first_id..=last_id`.
     pub fn lend(&mut self, head: u16, first_id: u32, last_id: u32) {
         let ids = last_id.wrapping_sub(first_id).wrapping_add(1);
-        let done = if ids > 1 {
-            vec![0; ids.div_ceil(64) as usize]
-        } else {
-            Vec::new()
-        };
         self.pending.push_back(Pending {
             head,
             first_id,
             ids,
             left: ids,
-            done,
+            done: IdBits::new(ids),
         });
         self.max_lent = self.max_lent.max(self.pending.len());
     }
@@ -247,6 +263,13 @@ mod tests {
         assert!(done.is_empty(), "id 2 is still out");
         assert_eq!(l.complete(c(1, 2), 0, &mut done), 1);
         assert_eq!(done, vec![5]);
+        // Past 64 ids the bitmap lives on the heap, same rules.
+        l.lend(6, 10, 109);
+        assert_eq!(l.complete(c(10, 100), 0, &mut done), 91);
+        assert_eq!(l.complete(c(100, 100), 0, &mut done), 0);
+        assert_eq!(done, vec![5]);
+        assert_eq!(l.complete(c(101, 109), 0, &mut done), 9);
+        assert_eq!(done, vec![5, 6]);
     }
 
     #[test]
