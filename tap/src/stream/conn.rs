@@ -17,7 +17,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::ids::IdMap;
+use super::ids::SocketIds;
 use super::records::RecordBuf;
 use super::{StreamAttachment, StreamEndpoint};
 use crate::attachment::Completion;
@@ -70,7 +70,7 @@ pub(super) struct State {
     pub(super) conn: Conn,
     /// Bumped for every socket.
     generation: u64,
-    pub(super) ids: IdMap,
+    pub(super) ids: SocketIds,
     /// Completions to hand to the engine at the next `reap`.
     pub(super) pending: Vec<Completion>,
     pub(super) rx: RecordBuf,
@@ -108,7 +108,7 @@ impl State {
         Ok(State {
             conn: Conn::Down,
             generation: 0,
-            ids: IdMap::default(),
+            ids: SocketIds::new(0),
             pending: Vec::new(),
             rx: RecordBuf::new(max_body),
             tail: Vec::new(),
@@ -146,12 +146,14 @@ impl State {
 /// Reads the socket's zero-copy notifications into `out`, in engine ids.
 pub(super) fn reap_into(
     sock: &TcpStream,
-    ids: &mut IdMap,
+    ids: &mut SocketIds,
     out: &mut Vec<Completion>,
 ) -> io::Result<()> {
     let mut raw = Vec::new();
     let r = zerocopy::reap(sock.as_fd(), &mut raw);
-    out.extend(raw.into_iter().map(|c| ids.complete(c)));
+    for c in raw {
+        ids.complete(c, out);
+    }
     r
 }
 
@@ -560,7 +562,7 @@ impl StreamAttachment {
     /// it has; if sends are still outstanding, resets the connection,
     /// which frees its write queue, and waits (at most `RETIRE_WAIT`) for
     /// the kernel to report those pages released. What it never reports
-    /// is completed anyway (`IdMap::retire`): after the reset the pages
+    /// is completed anyway (`SocketIds::retire`): after the reset the pages
     /// can only be in packets of a connection the peer no longer accepts
     /// data on, so a guest that rewrites them harms nobody.
     fn retire(&self, st: &mut State, sock: &TcpStream) {
@@ -598,6 +600,7 @@ impl StreamAttachment {
             }
         }
         st.ids.retire(&mut st.pending);
+        st.ids = st.ids.successor();
     }
 
     /// TX found no room for a whole record: watch for room, and retry on

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::ids::IdMap;
+use super::ids::SocketIds;
 use crate::zerocopy;
 
 /// How long a record the kernel took only part of may take to finish
@@ -84,7 +84,7 @@ pub(super) unsafe fn record(
     head: &[libc::iovec],
     frame: &[libc::iovec],
     mut lend: bool,
-    ids: &mut IdMap,
+    ids: &mut SocketIds,
 ) -> Outcome {
     let joined;
     let parts: [(&[libc::iovec], bool); 2] = if lend {
@@ -101,7 +101,7 @@ pub(super) unsafe fn record(
         let len = total(iov);
         while done < len {
             let rest = slice(iov, done, usize::MAX);
-            let zc = lend && lendable;
+            let zc = lend && lendable && ids.can_take();
             let flags = if zc {
                 libc::MSG_ZEROCOPY
             } else if i == 0 && lend {
