@@ -18,11 +18,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::ids::SocketIds;
-use super::records::RecordBuf;
 use super::{StreamAttachment, StreamEndpoint};
 use crate::attachment::Completion;
 use crate::zerocopy;
-use crate::Offloads;
 
 /// Tokens of the attachment's epoll set. A socket's token also carries
 /// its generation, so an event of a closed socket is never taken for one
@@ -47,7 +45,7 @@ const RETIRE_WAIT: Duration = Duration::from_millis(200);
 /// A TX that found the socket too full for a whole record retries after
 /// this (doubling while it stays full), in case the kernel itself never
 /// saw the socket full and so never reports room (see `want_space`).
-const SPACE_RETRY_MIN: Duration = Duration::from_millis(1);
+pub(super) const SPACE_RETRY_MIN: Duration = Duration::from_millis(1);
 const SPACE_RETRY_MAX: Duration = Duration::from_millis(64);
 
 /// The socket of the moment.
@@ -65,34 +63,22 @@ pub(super) enum Conn {
     },
 }
 
-/// Everything that changes, behind the attachment's lock.
-pub(super) struct State {
+/// The socket of the moment and what its life needs.
+pub(super) struct Link {
     pub(super) conn: Conn,
     /// Bumped for every socket.
     generation: u64,
-    pub(super) ids: SocketIds,
-    /// Completions to hand to the engine at the next `reap`.
-    pub(super) pending: Vec<Completion>,
-    pub(super) rx: RecordBuf,
-    /// The copied rest of a record the kernel took only part of: it goes
-    /// out before anything else.
-    pub(super) tail: Vec<u8>,
-    /// What the guest accepts on RX.
-    pub(super) offloads: Offloads,
     /// The reconnect backoff while down, the TX retry while up.
     timer: TimerFd,
-    /// TX waits for room: the socket is watched for EPOLLOUT.
-    want_space: bool,
-    space_delay: Duration,
     backoff: Duration,
     /// Failed attempts since the last connection.
     failures: u32,
     last_log: Option<Instant>,
 }
 
-impl State {
-    /// A state with no socket; adds the timer and `wake` to `epoll`.
-    pub(super) fn new(epoll: &Epoll, wake: &EventFd, max_body: usize) -> io::Result<Self> {
+impl Link {
+    /// No socket yet; adds the timer and `wake` to `epoll`.
+    pub(super) fn new(epoll: &Epoll, wake: &EventFd) -> io::Result<Self> {
         let timer = TimerFd::new()?;
         fcntl(timer.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         for (fd, token) in [
@@ -105,17 +91,10 @@ impl State {
                 EpollEvent::new(EventSet::IN, token),
             )?;
         }
-        Ok(State {
+        Ok(Link {
             conn: Conn::Down,
             generation: 0,
-            ids: SocketIds::new(0),
-            pending: Vec::new(),
-            rx: RecordBuf::new(max_body),
-            tail: Vec::new(),
-            offloads: Offloads::default(),
             timer,
-            want_space: false,
-            space_delay: SPACE_RETRY_MIN,
             backoff: BACKOFF_MIN,
             failures: 0,
             last_log: None,
@@ -206,10 +185,10 @@ fn disconnect(sock: &TcpStream) -> io::Result<()> {
 
 impl StreamAttachment {
     /// The first step: connect at once, or listen.
-    pub(super) fn start(&self, st: &mut State) -> io::Result<()> {
+    pub(super) fn start(&mut self) -> io::Result<()> {
         match self.endpoint {
             StreamEndpoint::Connect(_) => {
-                self.connect(st);
+                self.connect();
                 Ok(())
             }
             StreamEndpoint::Listen(_) => self.watch_listener(),
@@ -225,7 +204,7 @@ impl StreamAttachment {
     /// Drains the epoll set (zero timeout) and advances the connection.
     /// A change found outside `ready` pokes the worker, which may have
     /// work to do about it (frames to read, completions to reap).
-    pub(super) fn service(&self, st: &mut State, from_ready: bool) {
+    pub(super) fn service(&mut self, from_ready: bool) {
         let mut events = [EpollEvent::default(); 8];
         let mut changed = false;
         // Each round acts on one change and looks again: a change alters
@@ -241,7 +220,7 @@ impl StreamAttachment {
             };
             let again = events[..n]
                 .iter()
-                .any(|ev| self.on_event(st, ev.data(), ev.event_set()));
+                .any(|ev| self.on_event(ev.data(), ev.event_set()));
             if !again {
                 break;
             }
@@ -253,34 +232,34 @@ impl StreamAttachment {
     }
 
     /// Acts on one ready fd; returns whether the connection changed.
-    fn on_event(&self, st: &mut State, token: u64, events: EventSet) -> bool {
+    fn on_event(&mut self, token: u64, events: EventSet) -> bool {
         match token & TOKEN_KIND {
             TOKEN_TIMER => {
-                let _ = st.timer.wait(); // non-blocking: clears the expiry
-                match st.conn {
+                let _ = self.link.timer.wait(); // non-blocking: clears the expiry
+                match self.link.conn {
                     Conn::Down if matches!(self.endpoint, StreamEndpoint::Connect(_)) => {
-                        self.connect(st);
+                        self.connect();
                         true
                     }
                     // The TX retry: the worker tries again (see `ready`).
                     Conn::Up { .. } => true,
                     Conn::Connecting { .. } => {
                         let timeout = io::Error::from(io::ErrorKind::TimedOut);
-                        self.connect_failed(st, &timeout);
+                        self.connect_failed(&timeout);
                         true
                     }
                     Conn::Down => false,
                 }
             }
-            TOKEN_LISTENER => matches!(st.conn, Conn::Down) && self.accept(st),
-            TOKEN_SOCKET if token == st.token() => self.on_socket(st, events),
+            TOKEN_LISTENER => matches!(self.link.conn, Conn::Down) && self.accept(),
+            TOKEN_SOCKET if token == self.link.token() => self.on_socket(events),
             // The wake eventfd (`ready` clears it), or a closed socket.
             _ => false,
         }
     }
 
-    fn on_socket(&self, st: &mut State, events: EventSet) -> bool {
-        match &st.conn {
+    fn on_socket(&mut self, events: EventSet) -> bool {
+        match &self.link.conn {
             Conn::Connecting { sock, .. } => {
                 let err = match socket::getsockopt(sock, sockopt::SocketError) {
                     Ok(0) if events.contains(EventSet::OUT) => None,
@@ -289,8 +268,8 @@ impl StreamAttachment {
                     Err(e) => Some(e.into()),
                 };
                 match err {
-                    None => self.connected(st),
-                    Some(e) => self.connect_failed(st, &e),
+                    None => self.connected(),
+                    Some(e) => self.connect_failed(&e),
                 }
                 true
             }
@@ -312,19 +291,19 @@ impl StreamAttachment {
                 let closed = events.intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP)
                     && unread(sock) == 0;
                 if let Some(e) = broken {
-                    self.lose(st, e);
+                    self.lose(e);
                     return true;
                 }
                 if closed {
-                    self.lose(st, "the peer closed the connection");
+                    self.lose("the peer closed the connection");
                     return true;
                 }
-                if events.contains(EventSet::OUT) && !st.tail.is_empty() {
-                    match self.flush_tail(st) {
-                        Ok(true) => self.space_ok(st),
+                if events.contains(EventSet::OUT) && !self.tail.is_empty() {
+                    match self.flush_tail() {
+                        Ok(true) => self.space_ok(),
                         Ok(false) => {}
                         Err(e) => {
-                            self.lose(st, e);
+                            self.lose(e);
                             return true;
                         }
                     }
@@ -349,7 +328,7 @@ impl StreamAttachment {
     }
 
     /// Starts a non-blocking connect to the peer.
-    fn connect(&self, st: &mut State) {
+    fn connect(&mut self) {
         let StreamEndpoint::Connect(remote) = self.endpoint else {
             return;
         };
@@ -372,72 +351,73 @@ impl StreamAttachment {
         });
         let sock = match attempt {
             Ok(sock) => sock,
-            Err(e) => return self.connect_failed(st, &io::Error::from(e)),
+            Err(e) => return self.connect_failed(&io::Error::from(e)),
         };
         let zc = self.enable_zerocopy(&sock);
-        st.generation += 1;
+        self.link.generation += 1;
         // Writable (or failed) once the handshake is over.
         if let Err(e) = self.epoll.ctl(
             ControlOperation::Add,
             sock.as_raw_fd(),
-            EpollEvent::new(EventSet::OUT, st.token()),
+            EpollEvent::new(EventSet::OUT, self.link.token()),
         ) {
-            return self.connect_failed(st, &e);
+            return self.connect_failed(&e);
         }
         debug!("TCP stream: connecting to {remote}");
-        if let Err(e) = st.timer.reset(CONNECT_TIMEOUT, None) {
+        if let Err(e) = self.link.timer.reset(CONNECT_TIMEOUT, None) {
             warn!("TCP stream: cannot arm the connect timeout: {e}");
         }
-        st.conn = Conn::Connecting { sock, zc };
+        self.link.conn = Conn::Connecting { sock, zc };
     }
 
     /// The handshake completed.
-    fn connected(&self, st: &mut State) {
-        let Conn::Connecting { sock, zc } = mem::replace(&mut st.conn, Conn::Down) else {
+    fn connected(&mut self) {
+        let Conn::Connecting { sock, zc } = mem::replace(&mut self.link.conn, Conn::Down) else {
             return;
         };
         let watched = self.epoll.ctl(
             ControlOperation::Modify,
             sock.as_raw_fd(),
-            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, st.token()),
+            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, self.link.token()),
         );
         if let Err(e) = watched {
-            st.conn = Conn::Connecting { sock, zc };
-            return self.connect_failed(st, &e);
+            self.link.conn = Conn::Connecting { sock, zc };
+            return self.connect_failed(&e);
         }
-        let _ = st.timer.clear();
+        let link = &mut self.link;
+        let _ = link.timer.clear();
         let _ = sock.set_nodelay(true);
         let peer = sock
             .peer_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
-        match st.failures {
+        match link.failures {
             0 => info!("TCP stream: connected to {peer}"),
             n => info!("TCP stream: connected to {peer} after {n} failed attempts"),
         }
-        st.failures = 0;
-        st.backoff = BACKOFF_MIN;
-        st.last_log = None;
-        st.conn = Conn::Up { sock, zc };
+        link.failures = 0;
+        link.backoff = BACKOFF_MIN;
+        link.last_log = None;
+        link.conn = Conn::Up { sock, zc };
     }
 
     /// A connect attempt failed: try again after the backoff.
-    fn connect_failed(&self, st: &mut State, err: &io::Error) {
-        if let Conn::Connecting { sock, .. } = mem::replace(&mut st.conn, Conn::Down) {
+    fn connect_failed(&mut self, err: &io::Error) {
+        if let Conn::Connecting { sock, .. } = mem::replace(&mut self.link.conn, Conn::Down) {
             let _ = self.epoll.ctl(
                 ControlOperation::Delete,
                 sock.as_raw_fd(),
                 EpollEvent::default(),
             );
         }
-        st.failures += 1;
-        let delay = self.schedule_reconnect(st);
+        self.link.failures += 1;
+        let delay = self.schedule_reconnect();
         let StreamEndpoint::Connect(remote) = self.endpoint else {
             return;
         };
-        if st.may_log() {
+        let attempt = self.link.failures;
+        if self.link.may_log() {
             warn!(
-                "TCP stream: cannot connect to {remote}: {err} (attempt {}); trying again in {delay:?}",
-                st.failures
+                "TCP stream: cannot connect to {remote}: {err} (attempt {attempt}); trying again in {delay:?}"
             );
         } else {
             debug!("TCP stream: cannot connect to {remote}: {err}; trying again in {delay:?}");
@@ -445,10 +425,10 @@ impl StreamAttachment {
     }
 
     /// Arms the timer for the next attempt; returns its delay.
-    fn schedule_reconnect(&self, st: &mut State) -> Duration {
-        let delay = st.backoff;
-        st.backoff = (delay * 2).min(BACKOFF_MAX);
-        if let Err(e) = st.timer.reset(delay, None) {
+    fn schedule_reconnect(&mut self) -> Duration {
+        let delay = self.link.backoff;
+        self.link.backoff = (delay * 2).min(BACKOFF_MAX);
+        if let Err(e) = self.link.timer.reset(delay, None) {
             warn!("TCP stream: cannot arm the reconnect timer: {e}");
         }
         delay
@@ -467,7 +447,7 @@ impl StreamAttachment {
     }
 
     /// Accepts one peer; the next waits in the backlog until it leaves.
-    fn accept(&self, st: &mut State) -> bool {
+    fn accept(&mut self) -> bool {
         let Some(l) = &self.listener else {
             return false;
         };
@@ -475,7 +455,7 @@ impl StreamAttachment {
             Ok(p) => p,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) => {
-                if st.may_log() {
+                if self.link.may_log() {
                     warn!("TCP stream: cannot accept a peer: {e}");
                 }
                 return false;
@@ -487,54 +467,56 @@ impl StreamAttachment {
         }
         let zc = self.enable_zerocopy(&sock);
         let _ = sock.set_nodelay(true);
-        st.generation += 1;
+        self.link.generation += 1;
         if let Err(e) = self.epoll.ctl(
             ControlOperation::Add,
             sock.as_raw_fd(),
-            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, st.token()),
+            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, self.link.token()),
         ) {
             warn!("TCP stream: cannot watch the socket of {peer} ({e}); closing it");
             return false;
         }
-        let _ = self.epoll.ctl(
-            ControlOperation::Delete,
-            l.as_raw_fd(),
-            EpollEvent::default(),
-        );
+        if let Some(l) = &self.listener {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                l.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
         info!("TCP stream: accepted a peer from {peer}");
-        st.conn = Conn::Up { sock, zc };
+        self.link.conn = Conn::Up { sock, zc };
         true
     }
 
     /// The peer is gone (`why`). Every chain lent through the socket is
     /// completed exactly once (see `retire`), the partial record is
     /// dropped, and a new connection is sought.
-    pub(super) fn lose(&self, st: &mut State, why: impl Display) {
-        st.rx.trim_partial();
-        let sock = match mem::replace(&mut st.conn, Conn::Down) {
+    pub(super) fn lose(&mut self, why: impl Display) {
+        self.rx.trim_partial();
+        let sock = match mem::replace(&mut self.link.conn, Conn::Down) {
             Conn::Up { sock, .. } => sock,
             other => {
                 // Not connected: nothing to lose.
-                st.conn = other;
+                self.link.conn = other;
                 return;
             }
         };
-        st.tail.clear();
-        st.want_space = false;
-        st.space_delay = SPACE_RETRY_MIN;
-        let _ = st.timer.clear();
-        st.generation += 1;
-        self.retire(st, &sock);
+        self.tail.clear();
+        self.want_space = false;
+        self.space_delay = SPACE_RETRY_MIN;
+        let _ = self.link.timer.clear();
+        self.link.generation += 1;
+        self.retire(&sock);
         let _ = self.epoll.ctl(
             ControlOperation::Delete,
             sock.as_raw_fd(),
             EpollEvent::default(),
         );
         drop(sock);
-        let log = st.may_log();
+        let log = self.link.may_log();
         match self.endpoint {
             StreamEndpoint::Connect(remote) => {
-                let delay = self.schedule_reconnect(st);
+                let delay = self.schedule_reconnect();
                 if log {
                     warn!("TCP stream: lost the connection to {remote} ({why}); reconnecting in {delay:?}");
                 } else {
@@ -565,9 +547,9 @@ impl StreamAttachment {
     /// is completed anyway (`SocketIds::retire`): after the reset the pages
     /// can only be in packets of a connection the peer no longer accepts
     /// data on, so a guest that rewrites them harms nobody.
-    fn retire(&self, st: &mut State, sock: &TcpStream) {
-        let _ = reap_into(sock, &mut st.ids, &mut st.pending);
-        if st.ids.outstanding() > 0 {
+    fn retire(&mut self, sock: &TcpStream) {
+        let _ = reap_into(sock, &mut self.ids, &mut self.pending);
+        if self.ids.outstanding() > 0 {
             if let Err(e) = disconnect(sock) {
                 debug!("TCP stream: cannot reset the lost connection: {e}");
             }
@@ -582,79 +564,79 @@ impl StreamAttachment {
             });
             let deadline = Instant::now() + RETIRE_WAIT;
             loop {
-                let _ = reap_into(sock, &mut st.ids, &mut st.pending);
+                let _ = reap_into(sock, &mut self.ids, &mut self.pending);
                 let now = Instant::now();
-                if st.ids.outstanding() == 0 || now >= deadline {
+                if self.ids.outstanding() == 0 || now >= deadline {
                     break;
                 }
                 let Ok(ep) = &waiter else { break };
                 let ms = (deadline - now).as_millis().max(1) as i32;
                 let _ = ep.wait(ms, &mut [EpollEvent::default(); 1]);
             }
-            if st.ids.outstanding() > 0 {
+            if self.ids.outstanding() > 0 {
                 warn!(
                     "TCP stream: the kernel did not release {} zero-copy sends of the lost \
                      connection within {RETIRE_WAIT:?}; completing their chains anyway",
-                    st.ids.outstanding()
+                    self.ids.outstanding()
                 );
             }
         }
-        st.ids.retire(&mut st.pending);
-        st.ids = st.ids.successor();
+        self.ids.retire(&mut self.pending);
+        self.ids = self.ids.successor();
     }
 
     /// TX found no room for a whole record: watch for room, and retry on
     /// the timer too. The kernel reports room only after it saw the socket
     /// full itself, which it may not have (zcnet checks for a whole
     /// record, the kernel for a third of the buffer).
-    pub(super) fn want_space(&self, st: &mut State) {
-        let Conn::Up { sock, .. } = &st.conn else {
+    pub(super) fn want_space(&mut self) {
+        let Conn::Up { sock, .. } = &self.link.conn else {
             return;
         };
-        if st.want_space {
-            st.space_delay = (st.space_delay * 2).min(SPACE_RETRY_MAX);
+        if self.want_space {
+            self.space_delay = (self.space_delay * 2).min(SPACE_RETRY_MAX);
         } else {
             let _ = self.epoll.ctl(
                 ControlOperation::Modify,
                 sock.as_raw_fd(),
                 EpollEvent::new(
                     EventSet::IN | EventSet::READ_HANG_UP | EventSet::OUT,
-                    st.token(),
+                    self.link.token(),
                 ),
             );
-            st.want_space = true;
-            st.space_delay = SPACE_RETRY_MIN;
+            self.want_space = true;
+            self.space_delay = SPACE_RETRY_MIN;
         }
-        let _ = st.timer.reset(st.space_delay, None);
+        let _ = self.link.timer.reset(self.space_delay, None);
     }
 
     /// TX went through: stop watching for room.
-    pub(super) fn space_ok(&self, st: &mut State) {
-        let Conn::Up { sock, .. } = &st.conn else {
+    pub(super) fn space_ok(&mut self) {
+        let Conn::Up { sock, .. } = &self.link.conn else {
             return;
         };
-        if st.want_space {
+        if self.want_space {
             let _ = self.epoll.ctl(
                 ControlOperation::Modify,
                 sock.as_raw_fd(),
-                EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, st.token()),
+                EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, self.link.token()),
             );
-            st.want_space = false;
-            st.space_delay = SPACE_RETRY_MIN;
-            let _ = st.timer.clear();
+            self.want_space = false;
+            self.space_delay = SPACE_RETRY_MIN;
+            let _ = self.link.timer.clear();
         }
     }
 
     /// Writes what is left of a partly sent record; returns whether all
     /// of it is out.
-    pub(super) fn flush_tail(&self, st: &mut State) -> io::Result<bool> {
-        let Conn::Up { sock, .. } = &st.conn else {
+    pub(super) fn flush_tail(&mut self) -> io::Result<bool> {
+        let Conn::Up { sock, .. } = &self.link.conn else {
             return Ok(false);
         };
-        while !st.tail.is_empty() {
-            match (&*sock).write(&st.tail) {
+        while !self.tail.is_empty() {
+            match (&*sock).write(&self.tail) {
                 Ok(n) => {
-                    st.tail.drain(..n);
+                    self.tail.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

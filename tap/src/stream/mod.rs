@@ -46,8 +46,6 @@ mod send;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use log::{debug, warn};
@@ -59,8 +57,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::attachment::{Attachment, Completion, GuestConfig, Readiness, SendMode, Sent};
 use crate::frame::{RxBuffers, TxFrame};
 use crate::Offloads;
-use conn::{Conn, State};
-use records::{Next, PREFIX_LEN};
+use conn::{Conn, Link, SPACE_RETRY_MIN};
+use ids::SocketIds;
+use records::{Next, RecordBuf, PREFIX_LEN};
 
 /// The largest frame: 64 KiB of GSO payload and headers, an Ethernet
 /// header and a VLAN tag (as the TX path accepts).
@@ -94,6 +93,8 @@ pub enum StreamError {
     Events(#[source] io::Error),
 }
 
+/// A TCP stream attachment. Only its queue pair calls in (`&mut self`),
+/// so its state is plain fields.
 pub struct StreamAttachment {
     endpoint: StreamEndpoint,
     listener: Option<TcpListener>,
@@ -106,8 +107,22 @@ pub struct StreamAttachment {
     /// Turn SO_ZEROCOPY on for each socket.
     zerocopy: bool,
     /// Length of the guest's virtio-net header (10 or 12).
-    hdr_len: AtomicUsize,
-    state: Mutex<State>,
+    hdr_len: usize,
+    /// What the guest accepts on RX.
+    offloads: Offloads,
+    /// The socket of the moment and its life.
+    link: Link,
+    /// The zero-copy ids of the current socket.
+    ids: SocketIds,
+    /// Completions to hand to the engine at the next `reap`.
+    pending: Vec<Completion>,
+    rx: RecordBuf,
+    /// The copied rest of a record the kernel took only part of: it goes
+    /// out before anything else.
+    tail: Vec<u8>,
+    /// TX waits for room: the socket is watched for EPOLLOUT.
+    want_space: bool,
+    space_delay: Duration,
 }
 
 impl StreamAttachment {
@@ -129,35 +144,32 @@ impl StreamAttachment {
         };
         let epoll = Epoll::new().map_err(StreamError::Events)?;
         let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(StreamError::Events)?;
+        let link = Link::new(&epoll, &wake).map_err(StreamError::Events)?;
         let max_body = MAX_FRAME + if peer_hdr { WIRE_HDR_LEN } else { 0 };
-        let state = State::new(&epoll, &wake, max_body).map_err(StreamError::Events)?;
-        let a = StreamAttachment {
+        let mut a = StreamAttachment {
             endpoint,
             listener,
             epoll,
             wake,
             peer_hdr,
             zerocopy,
-            hdr_len: AtomicUsize::new(12),
-            state: Mutex::new(state),
+            hdr_len: 12,
+            offloads: Offloads::default(),
+            link,
+            ids: SocketIds::new(0),
+            pending: Vec::new(),
+            rx: RecordBuf::new(max_body),
+            tail: Vec::new(),
+            want_space: false,
+            space_delay: SPACE_RETRY_MIN,
         };
-        {
-            let mut st = a.lock();
-            a.start(&mut st).map_err(StreamError::Events)?;
-        }
+        a.start().map_err(StreamError::Events)?;
         Ok(a)
     }
 
     /// The address listened on (`Listen` only; useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Only the queue pair's worker (or its stopping frontend thread,
-        // under the pair's lock) calls in; a panic there would be a bug,
-        // and the state stays usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn max_body(&self) -> usize {
@@ -179,24 +191,24 @@ impl StreamAttachment {
         let ecn_ok = gso & GSO_ECN == 0 || o.tso_ecn;
         (flags & NEEDS_CSUM == 0 || o.csum) && gso_ok && ecn_ok
     }
+}
 
-    /// Copies one record's frame into the guest's buffers, behind the
-    /// guest's header: the peer's (`--vnet-hdr-peer`) or all zeros.
-    /// Returns the length the guest sees; when that exceeds the buffers,
-    /// nothing is written (the RX path drops the frame and counts it).
-    fn deliver(&self, hdr: &[u8], frame: &[u8], bufs: &mut RxBuffers<'_>) -> usize {
-        let hdr_len = self.hdr_len.load(Ordering::Relaxed);
-        // `num_buffers` (bytes 10..12) is the RX path's to fill in.
-        let mut guest_hdr = [0u8; WIRE_HDR_LEN];
-        guest_hdr[..hdr.len().min(HDR_FIELDS_LEN)]
-            .copy_from_slice(&hdr[..hdr.len().min(HDR_FIELDS_LEN)]);
-        let n = hdr_len + frame.len();
-        if n <= bufs.capacity() {
-            bufs.write_at(0, &guest_hdr[..hdr_len]);
-            bufs.write_at(hdr_len, frame);
-        }
-        n
+/// Copies one record's frame into the guest's buffers, behind the guest's
+/// header (of `hdr_len` bytes): the peer's (`--vnet-hdr-peer`) or all
+/// zeros. Returns the length the guest sees; when that exceeds the
+/// buffers, nothing is written (the RX path drops the frame and counts
+/// it).
+fn deliver(hdr_len: usize, hdr: &[u8], frame: &[u8], bufs: &mut RxBuffers<'_>) -> usize {
+    // `num_buffers` (bytes 10..12) is the RX path's to fill in.
+    let mut guest_hdr = [0u8; WIRE_HDR_LEN];
+    guest_hdr[..hdr.len().min(HDR_FIELDS_LEN)]
+        .copy_from_slice(&hdr[..hdr.len().min(HDR_FIELDS_LEN)]);
+    let n = hdr_len + frame.len();
+    if n <= bufs.capacity() {
+        bufs.write_at(0, &guest_hdr[..hdr_len]);
+        bufs.write_at(hdr_len, frame);
     }
+    n
 }
 
 impl Attachment for StreamAttachment {
@@ -207,8 +219,7 @@ impl Attachment for StreamAttachment {
     }
 
     fn ready(&mut self, polled: Readiness) -> Readiness {
-        let mut st = self.lock();
-        self.service(&mut st, true);
+        self.service(true);
         let _ = self.wake.read();
         // The set does not say which socket fired, and the connection
         // may have changed: let RX and a blocked TX try (each try costs
@@ -216,30 +227,28 @@ impl Attachment for StreamAttachment {
         Readiness {
             readable: true,
             writable: true,
-            notified: polled.notified || !st.pending.is_empty() || st.ids.outstanding() > 0,
+            notified: polled.notified || !self.pending.is_empty() || self.ids.outstanding() > 0,
         }
     }
 
     fn send(&mut self, frame: &mut TxFrame<'_>, mode: SendMode) -> io::Result<Sent> {
-        let mut st = self.lock();
-        if !st.is_up() {
-            self.service(&mut st, false);
+        if !self.link.is_up() {
+            self.service(false);
         }
-        if !st.tail.is_empty() {
-            match self.flush_tail(&mut st) {
+        if !self.tail.is_empty() {
+            match self.flush_tail() {
                 Ok(true) => {}
                 Ok(false) => {
-                    self.want_space(&mut st);
+                    self.want_space();
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 Err(e) => {
-                    self.lose(&mut st, &e);
+                    self.lose(&e);
                     return Err(e);
                 }
             }
         }
-        let State { conn, ids, .. } = &mut *st;
-        let Conn::Up { sock, zc } = conn else {
+        let Conn::Up { sock, zc } = &self.link.conn else {
             // Disconnected: the frame is dropped (and counted), and its
             // chain goes back at once.
             return Err(io::Error::new(
@@ -257,7 +266,7 @@ impl Attachment for StreamAttachment {
             .unwrap_or(usize::MAX)
             .saturating_sub(in_flight);
         if in_flight > 0 && room < PREFIX_LEN + body_len {
-            self.want_space(&mut st);
+            self.want_space();
             return Err(io::ErrorKind::WouldBlock.into());
         }
         // The record's head: the length prefix, then (to a zcnet peer) the
@@ -279,14 +288,14 @@ impl Attachment for StreamAttachment {
         // the connection is reset, see `retire`). The guest can still
         // rewrite a lent buffer while the kernel sends it: that corrupts
         // only its own frame on the wire.
-        let outcome = unsafe { send::record(sock.as_fd(), &head, payload, lend, ids) };
+        let outcome = unsafe { send::record(sock.as_fd(), &head, payload, lend, &mut self.ids) };
         match outcome {
             send::Outcome::Sent { ids, tail } => {
                 if tail.is_empty() {
-                    self.space_ok(&mut st);
+                    self.space_ok();
                 } else {
-                    st.tail = tail;
-                    self.want_space(&mut st);
+                    self.tail = tail;
+                    self.want_space();
                 }
                 Ok(ids.map_or(Sent::Copied, |(first_id, last_id)| Sent::Lent {
                     first_id,
@@ -294,11 +303,11 @@ impl Attachment for StreamAttachment {
                 }))
             }
             send::Outcome::WouldBlock => {
-                self.want_space(&mut st);
+                self.want_space();
                 Err(io::ErrorKind::WouldBlock.into())
             }
             send::Outcome::Failed { err, ids } => {
-                self.lose(&mut st, &err);
+                self.lose(&err);
                 match ids {
                     // Lent before the failure: the chain waits for those
                     // ids, which the loss completes.
@@ -314,24 +323,21 @@ impl Attachment for StreamAttachment {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        let mut st = self.lock();
-        self.service(&mut st, false);
-        out.append(&mut st.pending);
-        let State { conn, ids, .. } = &mut *st;
-        match conn {
-            Conn::Up { sock, .. } => conn::reap_into(sock, ids, out),
+        self.service(false);
+        out.append(&mut self.pending);
+        match &self.link.conn {
+            Conn::Up { sock, .. } => conn::reap_into(sock, &mut self.ids, out),
             _ => Ok(()),
         }
     }
 
     fn wait_notifications(&mut self, timeout: Duration) {
-        let mut st = self.lock();
-        self.service(&mut st, false);
-        if !st.pending.is_empty() {
+        self.service(false);
+        if !self.pending.is_empty() {
             return;
         }
-        match &st.conn {
-            Conn::Up { sock, .. } if st.ids.outstanding() > 0 => {
+        match &self.link.conn {
+            Conn::Up { sock, .. } if self.ids.outstanding() > 0 => {
                 // Notifications and connection errors raise POLLERR.
                 let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
                 let mut pfd = [PollFd::new(sock.as_fd(), PollFlags::empty())];
@@ -346,11 +352,10 @@ impl Attachment for StreamAttachment {
     }
 
     fn recv(&mut self, bufs: &mut RxBuffers<'_>) -> io::Result<usize> {
-        let mut st = self.lock();
         loop {
-            match st.rx.next() {
+            match self.rx.next() {
                 Next::Record(body) => {
-                    let bytes = st.rx.body(body.clone());
+                    let bytes = self.rx.body(body.clone());
                     let (hdr, frame) = bytes.split_at(if self.peer_hdr { WIRE_HDR_LEN } else { 0 });
                     let n = if frame.len() < MIN_FRAME {
                         debug!(
@@ -358,16 +363,16 @@ impl Attachment for StreamAttachment {
                             frame.len()
                         );
                         None
-                    } else if self.peer_hdr && !Self::deliverable(hdr, &st.offloads) {
+                    } else if self.peer_hdr && !Self::deliverable(hdr, &self.offloads) {
                         debug!(
                             "TCP stream: dropped a frame whose offloads (flags {:#x}, GSO {:#x}) the guest did not accept",
                             hdr[0], hdr[1]
                         );
                         None
                     } else {
-                        Some(self.deliver(hdr, frame, bufs))
+                        Some(deliver(self.hdr_len, hdr, frame, bufs))
                     };
-                    st.rx.consume(body);
+                    self.rx.consume(body);
                     if let Some(n) = n {
                         return Ok(n);
                     }
@@ -379,36 +384,31 @@ impl Attachment for StreamAttachment {
                          ({} bytes at most); dropping the connection",
                         self.max_body()
                     );
-                    st.rx.trim_partial();
-                    self.lose(&mut st, "broken framing");
+                    self.rx.trim_partial();
+                    self.lose("broken framing");
                     continue;
                 }
                 Next::Partial => {}
             }
-            if !st.is_up() {
-                self.service(&mut st, false);
+            if !self.link.is_up() {
+                self.service(false);
             }
-            let State {
-                conn: Conn::Up { sock, .. },
-                rx,
-                ..
-            } = &mut *st
-            else {
+            let Conn::Up { sock, .. } = &self.link.conn else {
                 return Err(io::ErrorKind::WouldBlock.into());
             };
-            match rx.fill(&*sock) {
-                Ok(0) => self.lose(&mut st, "the peer closed the connection"),
+            match self.rx.fill(sock) {
+                Ok(0) => self.lose("the peer closed the connection"),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => self.lose(&mut st, e),
+                Err(e) => self.lose(e),
             }
         }
     }
 
     fn configure(&mut self, guest: GuestConfig) -> io::Result<()> {
-        self.hdr_len.store(guest.hdr_len, Ordering::Relaxed);
-        self.lock().offloads = guest.rx_offloads;
+        self.hdr_len = guest.hdr_len;
+        self.offloads = guest.rx_offloads;
         Ok(())
     }
 
