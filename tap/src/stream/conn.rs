@@ -3,7 +3,7 @@
 //! pages are still lent.
 
 use std::fmt::Display;
-use std::io::{self, Write};
+use std::io;
 use std::mem;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd};
@@ -42,11 +42,6 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 /// How long a lost connection's lent pages may take to come back (after
 /// its write queue is purged) before they are completed anyway.
 const RETIRE_WAIT: Duration = Duration::from_millis(200);
-/// A TX that found the socket too full for a whole record retries after
-/// this (doubling while it stays full), in case the kernel itself never
-/// saw the socket full and so never reports room (see `want_space`).
-pub(super) const SPACE_RETRY_MIN: Duration = Duration::from_millis(1);
-const SPACE_RETRY_MAX: Duration = Duration::from_millis(64);
 
 /// The socket of the moment.
 pub(super) enum Conn {
@@ -68,7 +63,8 @@ pub(super) struct Link {
     pub(super) conn: Conn,
     /// Bumped for every socket.
     generation: u64,
-    /// The reconnect backoff while down, the TX retry while up.
+    /// The reconnect backoff while down, the connect timeout while
+    /// connecting.
     timer: TimerFd,
     backoff: Duration,
     /// Failed attempts since the last connection.
@@ -105,7 +101,7 @@ impl Link {
         matches!(self.conn, Conn::Up { .. })
     }
 
-    fn token(&self) -> u64 {
+    pub(super) fn token(&self) -> u64 {
         TOKEN_SOCKET | (self.generation << 8)
     }
 
@@ -147,18 +143,6 @@ fn unread(sock: &TcpStream) -> usize {
     } else {
         n as usize
     }
-}
-
-/// Bytes written and not yet acknowledged (`SIOCOUTQ`).
-pub(super) fn unacked(sock: &TcpStream) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ on a socket) writes one int, here `n`
-    // on our stack; the socket is borrowed, so open, for the call.
-    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 /// Resets the connection and frees its write queue at once (`connect`
@@ -241,14 +225,12 @@ impl StreamAttachment {
                         self.connect();
                         true
                     }
-                    // The TX retry: the worker tries again (see `ready`).
-                    Conn::Up { .. } => true,
                     Conn::Connecting { .. } => {
                         let timeout = io::Error::from(io::ErrorKind::TimedOut);
                         self.connect_failed(&timeout);
                         true
                     }
-                    Conn::Down => false,
+                    Conn::Down | Conn::Up { .. } => false,
                 }
             }
             TOKEN_LISTENER => matches!(self.link.conn, Conn::Down) && self.accept(),
@@ -298,15 +280,14 @@ impl StreamAttachment {
                     self.lose("the peer closed the connection");
                     return true;
                 }
-                if events.contains(EventSet::OUT) && !self.tail.is_empty() {
-                    match self.flush_tail() {
-                        Ok(true) => self.space_ok(),
-                        Ok(false) => {}
-                        Err(e) => {
-                            self.lose(e);
-                            return true;
-                        }
+                if events.contains(EventSet::OUT) {
+                    // Room for TX: the tail goes first. Either way TX may
+                    // go on now, or the loss must be acted on.
+                    if self.tx_clear() {
+                        self.space_ok();
+                        return true;
                     }
+                    return matches!(self.flush_tail(), Ok(true) | Err(_));
                 }
                 false
             }
@@ -501,9 +482,7 @@ impl StreamAttachment {
                 return;
             }
         };
-        self.tail.clear();
-        self.want_space = false;
-        self.space_delay = SPACE_RETRY_MIN;
+        self.tx.reset();
         let _ = self.link.timer.clear();
         self.link.generation += 1;
         self.retire(&sock);
@@ -583,66 +562,5 @@ impl StreamAttachment {
         }
         self.ids.retire(&mut self.pending);
         self.ids = self.ids.successor();
-    }
-
-    /// TX found no room for a whole record: watch for room, and retry on
-    /// the timer too. The kernel reports room only after it saw the socket
-    /// full itself, which it may not have (zcnet checks for a whole
-    /// record, the kernel for a third of the buffer).
-    pub(super) fn want_space(&mut self) {
-        let Conn::Up { sock, .. } = &self.link.conn else {
-            return;
-        };
-        if self.want_space {
-            self.space_delay = (self.space_delay * 2).min(SPACE_RETRY_MAX);
-        } else {
-            let _ = self.epoll.ctl(
-                ControlOperation::Modify,
-                sock.as_raw_fd(),
-                EpollEvent::new(
-                    EventSet::IN | EventSet::READ_HANG_UP | EventSet::OUT,
-                    self.link.token(),
-                ),
-            );
-            self.want_space = true;
-            self.space_delay = SPACE_RETRY_MIN;
-        }
-        let _ = self.link.timer.reset(self.space_delay, None);
-    }
-
-    /// TX went through: stop watching for room.
-    pub(super) fn space_ok(&mut self) {
-        let Conn::Up { sock, .. } = &self.link.conn else {
-            return;
-        };
-        if self.want_space {
-            let _ = self.epoll.ctl(
-                ControlOperation::Modify,
-                sock.as_raw_fd(),
-                EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, self.link.token()),
-            );
-            self.want_space = false;
-            self.space_delay = SPACE_RETRY_MIN;
-            let _ = self.link.timer.clear();
-        }
-    }
-
-    /// Writes what is left of a partly sent record; returns whether all
-    /// of it is out.
-    pub(super) fn flush_tail(&mut self) -> io::Result<bool> {
-        let Conn::Up { sock, .. } = &self.link.conn else {
-            return Ok(false);
-        };
-        while !self.tail.is_empty() {
-            match (&*sock).write(&self.tail) {
-                Ok(n) => {
-                    self.tail.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
     }
 }

@@ -57,9 +57,10 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::attachment::{Attachment, Completion, GuestConfig, Readiness, SendMode, Sent};
 use crate::frame::{RxBuffers, TxFrame};
 use crate::Offloads;
-use conn::{Conn, Link, SPACE_RETRY_MIN};
+use conn::{Conn, Link};
 use ids::SocketIds;
-use records::{Next, RecordBuf, PREFIX_LEN};
+use records::{Next, RecordBuf};
+use send::Tx;
 
 /// The largest frame: 64 KiB of GSO payload and headers, an Ethernet
 /// header and a VLAN tag (as the TX path accepts).
@@ -117,12 +118,8 @@ pub struct StreamAttachment {
     /// Completions to hand to the engine at the next `reap`.
     pending: Vec<Completion>,
     rx: RecordBuf,
-    /// The copied rest of a record the kernel took only part of: it goes
-    /// out before anything else.
-    tail: Vec<u8>,
-    /// TX waits for room: the socket is watched for EPOLLOUT.
-    want_space: bool,
-    space_delay: Duration,
+    /// What TX keeps: the tail of a record the kernel took only part of.
+    tx: Tx,
 }
 
 impl StreamAttachment {
@@ -159,9 +156,7 @@ impl StreamAttachment {
             ids: SocketIds::new(0),
             pending: Vec::new(),
             rx: RecordBuf::new(max_body),
-            tail: Vec::new(),
-            want_space: false,
-            space_delay: SPACE_RETRY_MIN,
+            tx: Tx::new(),
         };
         a.start().map_err(StreamError::Events)?;
         Ok(a)
@@ -223,99 +218,17 @@ impl Attachment for StreamAttachment {
         let _ = self.wake.read();
         // The set does not say which socket fired, and the connection
         // may have changed: let RX and a blocked TX try (each try costs
-        // one system call when there is nothing to do).
+        // one system call when there is nothing to do). TX cannot go on
+        // while a tail waits for room.
         Readiness {
             readable: true,
-            writable: true,
+            writable: self.tx_clear(),
             notified: polled.notified || !self.pending.is_empty() || self.ids.outstanding() > 0,
         }
     }
 
     fn send(&mut self, frame: &mut TxFrame<'_>, mode: SendMode) -> io::Result<Sent> {
-        if !self.link.is_up() {
-            self.service(false);
-        }
-        if !self.tail.is_empty() {
-            match self.flush_tail() {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.want_space();
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Err(e) => {
-                    self.lose(&e);
-                    return Err(e);
-                }
-            }
-        }
-        let Conn::Up { sock, zc } = &self.link.conn else {
-            // Disconnected: the frame is dropped (and counted), and its
-            // chain goes back at once.
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "no TCP peer is connected",
-            ));
-        };
-        let payload = frame.payload();
-        let body_len = frame.len() + if self.peer_hdr { WIRE_HDR_LEN } else { 0 };
-        // Only whole records: the kernel must have room for all of it,
-        // or none is sent. (The socket's buffer minus what is in flight;
-        // a record larger than the whole buffer goes when it is empty.)
-        let in_flight = conn::unacked(sock).unwrap_or(0);
-        let room = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::SndBuf)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(in_flight);
-        if in_flight > 0 && room < PREFIX_LEN + body_len {
-            self.want_space();
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        // The record's head: the length prefix, then (to a zcnet peer) the
-        // frame's validated virtio-net header, `num_buffers` 0.
-        let mut head_bytes = [0u8; PREFIX_LEN + WIRE_HDR_LEN];
-        head_bytes[..PREFIX_LEN].copy_from_slice(&(body_len as u32).to_be_bytes());
-        head_bytes[PREFIX_LEN..].copy_from_slice(&frame.hdr().to_bytes());
-        let head_len = PREFIX_LEN + if self.peer_hdr { WIRE_HDR_LEN } else { 0 };
-        let head = [libc::iovec {
-            iov_base: head_bytes.as_mut_ptr().cast(),
-            iov_len: head_len,
-        }];
-        let lend = mode == SendMode::Lend && *zc;
-        // SAFETY: `iov` was built by the datapath from bounds-checked guest
-        // memory it keeps mapped, and `prefix` and `pad` live on our stack
-        // through the call; only the frame is ever lent (the head is sent
-        // in a copying call of its own). A lent chain is not returned to
-        // the guest until notifications cover every id this returns (or
-        // the connection is reset, see `retire`). The guest can still
-        // rewrite a lent buffer while the kernel sends it: that corrupts
-        // only its own frame on the wire.
-        let outcome = unsafe { send::record(sock.as_fd(), &head, payload, lend, &mut self.ids) };
-        match outcome {
-            send::Outcome::Sent { ids, tail } => {
-                if tail.is_empty() {
-                    self.space_ok();
-                } else {
-                    self.tail = tail;
-                    self.want_space();
-                }
-                Ok(ids.map_or(Sent::Copied, |(first_id, last_id)| Sent::Lent {
-                    first_id,
-                    last_id,
-                }))
-            }
-            send::Outcome::WouldBlock => {
-                self.want_space();
-                Err(io::ErrorKind::WouldBlock.into())
-            }
-            send::Outcome::Failed { err, ids } => {
-                self.lose(&err);
-                match ids {
-                    // Lent before the failure: the chain waits for those
-                    // ids, which the loss completes.
-                    Some((first_id, last_id)) => Ok(Sent::Lent { first_id, last_id }),
-                    None => Err(err),
-                }
-            }
-        }
+        self.send_frame(frame, mode)
     }
 
     fn can_lend(&self) -> bool {
