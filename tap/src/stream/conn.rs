@@ -1,6 +1,6 @@
 //! The connection's life: connecting with backoff, accepting one peer at a
-//! time, noticing that the peer is gone, and retiring a socket whose
-//! pages are still lent.
+//! time, noticing that the peer is gone and handing its socket to
+//! `retiring`, and acting on whatever the attachment's epoll set reports.
 
 use std::fmt::Display;
 use std::io;
@@ -29,6 +29,8 @@ const TOKEN_TIMER: u64 = 1;
 const TOKEN_WAKE: u64 = 2;
 const TOKEN_LISTENER: u64 = 3;
 const TOKEN_SOCKET: u64 = 4;
+/// The set of retiring sockets (see `retiring`).
+pub(super) const TOKEN_RETIRING: u64 = 5;
 const TOKEN_KIND: u64 = 0xff;
 
 /// Reconnect backoff: 100 ms, doubling up to 5 s.
@@ -39,9 +41,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connection trouble is logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(5);
-/// How long a lost connection's lent pages may take to come back (after
-/// its write queue is purged) before they are completed anyway.
-const RETIRE_WAIT: Duration = Duration::from_millis(200);
 
 /// The socket of the moment.
 pub(super) enum Conn {
@@ -118,15 +117,18 @@ impl Link {
     }
 }
 
-/// Reads the socket's zero-copy notifications into `out`, in engine ids.
+/// Reads the socket's zero-copy notifications into `out`, in engine ids,
+/// through `raw` (scratch the caller keeps, so nothing is allocated once
+/// it has grown).
 pub(super) fn reap_into(
     sock: &TcpStream,
     ids: &mut SocketIds,
+    raw: &mut Vec<Completion>,
     out: &mut Vec<Completion>,
 ) -> io::Result<()> {
-    let mut raw = Vec::new();
-    let r = zerocopy::reap(sock.as_fd(), &mut raw);
-    for c in raw {
+    raw.clear();
+    let r = zerocopy::reap(sock.as_fd(), raw);
+    for c in raw.drain(..) {
         ids.complete(c, out);
     }
     r
@@ -143,28 +145,6 @@ fn unread(sock: &TcpStream) -> usize {
     } else {
         n as usize
     }
-}
-
-/// Resets the connection and frees its write queue at once (`connect`
-/// with AF_UNSPEC), keeping the fd open so its error queue can still be
-/// read.
-fn disconnect(sock: &TcpStream) -> io::Result<()> {
-    // SAFETY: an all-zero sockaddr is valid; only its family is read.
-    let mut addr: libc::sockaddr = unsafe { mem::zeroed() };
-    addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
-    // SAFETY: the socket is borrowed, so open, for the call; the pointer
-    // and length describe `addr` on our stack.
-    let r = unsafe {
-        libc::connect(
-            sock.as_raw_fd(),
-            &addr,
-            mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl StreamAttachment {
@@ -215,7 +195,8 @@ impl StreamAttachment {
         }
     }
 
-    /// Acts on one ready fd; returns whether the connection changed.
+    /// Acts on one ready fd; returns whether the connection changed or
+    /// work became possible (TX room, completions to reap).
     fn on_event(&mut self, token: u64, events: EventSet) -> bool {
         match token & TOKEN_KIND {
             TOKEN_TIMER => {
@@ -235,6 +216,8 @@ impl StreamAttachment {
             }
             TOKEN_LISTENER => matches!(self.link.conn, Conn::Down) && self.accept(),
             TOKEN_SOCKET if token == self.link.token() => self.on_socket(events),
+            // Completions for the worker to reap.
+            TOKEN_RETIRING => self.retiring.service(&mut self.raw, &mut self.pending),
             // The wake eventfd (`ready` clears it), or a closed socket.
             _ => false,
         }
@@ -469,9 +452,9 @@ impl StreamAttachment {
         true
     }
 
-    /// The peer is gone (`why`). Every chain lent through the socket is
-    /// completed exactly once (see `retire`), the partial record is
-    /// dropped, and a new connection is sought.
+    /// The peer is gone (`why`). The socket retires (see `retiring`),
+    /// which completes every chain lent through it exactly once; the
+    /// partial record is dropped, and a new connection is sought.
     pub(super) fn lose(&mut self, why: impl Display) {
         self.rx.trim_partial();
         let sock = match mem::replace(&mut self.link.conn, Conn::Down) {
@@ -485,13 +468,17 @@ impl StreamAttachment {
         self.tx.reset();
         let _ = self.link.timer.clear();
         self.link.generation += 1;
-        self.retire(&sock);
         let _ = self.epoll.ctl(
             ControlOperation::Delete,
             sock.as_raw_fd(),
             EpollEvent::default(),
         );
-        drop(sock);
+        // The next socket's ids start past this one's, which retires with
+        // them (completing each lent chain exactly once).
+        let successor = self.ids.successor();
+        let ids = mem::replace(&mut self.ids, successor);
+        self.retiring
+            .retire(sock, ids, &mut self.raw, &mut self.pending);
         let log = self.link.may_log();
         match self.endpoint {
             StreamEndpoint::Connect(remote) => {
@@ -517,50 +504,5 @@ impl StreamAttachment {
         }
         // TX must now drop rather than wait, and completions may wait.
         self.poke();
-    }
-
-    /// Before a socket with lent pages is closed: reads the notifications
-    /// it has; if sends are still outstanding, resets the connection,
-    /// which frees its write queue, and waits (at most `RETIRE_WAIT`) for
-    /// the kernel to report those pages released. What it never reports
-    /// is completed anyway (`SocketIds::retire`): after the reset the pages
-    /// can only be in packets of a connection the peer no longer accepts
-    /// data on, so a guest that rewrites them harms nobody.
-    fn retire(&mut self, sock: &TcpStream) {
-        let _ = reap_into(sock, &mut self.ids, &mut self.pending);
-        if self.ids.outstanding() > 0 {
-            if let Err(e) = disconnect(sock) {
-                debug!("TCP stream: cannot reset the lost connection: {e}");
-            }
-            // Edge-triggered: each new notification wakes the wait.
-            let waiter = Epoll::new().and_then(|ep| {
-                ep.ctl(
-                    ControlOperation::Add,
-                    sock.as_raw_fd(),
-                    EpollEvent::new(EventSet::ERROR | EventSet::EDGE_TRIGGERED, 0),
-                )
-                .map(|()| ep)
-            });
-            let deadline = Instant::now() + RETIRE_WAIT;
-            loop {
-                let _ = reap_into(sock, &mut self.ids, &mut self.pending);
-                let now = Instant::now();
-                if self.ids.outstanding() == 0 || now >= deadline {
-                    break;
-                }
-                let Ok(ep) = &waiter else { break };
-                let ms = (deadline - now).as_millis().max(1) as i32;
-                let _ = ep.wait(ms, &mut [EpollEvent::default(); 1]);
-            }
-            if self.ids.outstanding() > 0 {
-                warn!(
-                    "TCP stream: the kernel did not release {} zero-copy sends of the lost \
-                     connection within {RETIRE_WAIT:?}; completing their chains anyway",
-                    self.ids.outstanding()
-                );
-            }
-        }
-        self.ids.retire(&mut self.pending);
-        self.ids = self.ids.successor();
     }
 }

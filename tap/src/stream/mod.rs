@@ -15,32 +15,45 @@
 //! connection (edge-triggered), but TCP sockets come and go. So [`fd`]
 //! is an epoll set of the attachment's own, which always holds whatever
 //! is current: the connected socket, the connecting one, the listener
-//! while no peer is connected, the timer of the reconnect backoff (or of
-//! a TX retry), and a wake eventfd. An epoll fd is readable while any fd
-//! in it is ready, and wakes its own pollers whenever one of them does.
+//! while no peer is connected, the timer of the reconnect backoff and
+//! connect timeout, the set of retiring sockets (see below), and a wake
+//! eventfd. An epoll fd is readable while any fd in it is ready, and
+//! wakes its own pollers whenever one of them does.
 //!
 //! The set's registrations are level-triggered. The worker calls
 //! `Attachment::ready` on every wake-up, and `ready` and `reap` (and
 //! `send` and `recv` while no peer is connected) first drain the set with
 //! a zero timeout (`service`), which advances the connection: accept,
-//! connect completion or timeout, the backoff timer, peer loss. Level
-//! triggering means a readiness that one call looked at and left is
-//! still there for the next, so the worker's edge-triggered registration
-//! cannot miss it; and work found outside `ready` (a peer lost during a
-//! `send`, say, which leaves completions to reap) is signalled on the
-//! wake eventfd, so the worker is woken to act on it.
+//! connect completion or timeout, the backoff timer, peer loss, room for
+//! a waiting tail, news of retiring sockets. Level triggering means a
+//! readiness that one call looked at and left is still there for the
+//! next, so the worker's edge-triggered registration cannot miss it; and
+//! work found outside `ready` (a peer lost during a `send`, say, which
+//! leaves completions to reap) is signalled on the wake eventfd, so the
+//! worker is woken to act on it.
+//!
+//! # Never waiting
+//! The worker calls in with its queue pair's lock held, so nothing here
+//! blocks. A record the kernel took only part of has its rest copied into
+//! a tail that goes out on EPOLLOUT, before anything else (see `send`). A
+//! lost socket with lent pages is reset and retires in the set until the
+//! kernel releases them or a deadline passes (see `retiring`). The one
+//! bounded wait is `wait_notifications`, which its caller asks for.
+//! Nothing is allocated per frame either way: TX, RX and reaping work in
+//! buffers the attachment keeps.
 //!
 //! # Zero-copy ids across sockets
 //! Each socket numbers its `MSG_ZEROCOPY` sends from 0; the ids handed to
 //! the completion engine are offset so they keep increasing across
 //! sockets, and a socket that dies with sends outstanding has them
-//! completed exactly once (see `ids` and `conn`'s `retire`).
+//! completed exactly once (see `ids` and `retiring`).
 //!
 //! [`fd`]: Attachment::fd
 
 mod conn;
 mod ids;
 mod records;
+mod retiring;
 mod send;
 
 use std::io;
@@ -57,9 +70,10 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::attachment::{Attachment, Completion, GuestConfig, Readiness, SendMode, Sent};
 use crate::frame::{RxBuffers, TxFrame};
 use crate::Offloads;
-use conn::{Conn, Link};
+use conn::{Conn, Link, TOKEN_RETIRING};
 use ids::SocketIds;
 use records::{Next, RecordBuf};
+use retiring::Retiring;
 use send::Tx;
 
 /// The largest frame: 64 KiB of GSO payload and headers, an Ethernet
@@ -115,8 +129,12 @@ pub struct StreamAttachment {
     link: Link,
     /// The zero-copy ids of the current socket.
     ids: SocketIds,
+    /// Lost sockets whose lent pages are not all released yet.
+    retiring: Retiring,
     /// Completions to hand to the engine at the next `reap`.
     pending: Vec<Completion>,
+    /// Scratch for one socket's raw notifications.
+    raw: Vec<Completion>,
     rx: RecordBuf,
     /// What TX keeps: the tail of a record the kernel took only part of.
     tx: Tx,
@@ -142,6 +160,7 @@ impl StreamAttachment {
         let epoll = Epoll::new().map_err(StreamError::Events)?;
         let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(StreamError::Events)?;
         let link = Link::new(&epoll, &wake).map_err(StreamError::Events)?;
+        let retiring = Retiring::new(&epoll, TOKEN_RETIRING).map_err(StreamError::Events)?;
         let max_body = MAX_FRAME + if peer_hdr { WIRE_HDR_LEN } else { 0 };
         let mut a = StreamAttachment {
             endpoint,
@@ -154,7 +173,9 @@ impl StreamAttachment {
             offloads: Offloads::default(),
             link,
             ids: SocketIds::new(0),
-            pending: Vec::new(),
+            retiring,
+            pending: Vec::with_capacity(64),
+            raw: Vec::with_capacity(64),
             rx: RecordBuf::new(max_body),
             tx: Tx::new(),
         };
@@ -236,32 +257,39 @@ impl Attachment for StreamAttachment {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        // Advances retiring sockets too (their set is in the epoll set).
         self.service(false);
         out.append(&mut self.pending);
         match &self.link.conn {
-            Conn::Up { sock, .. } => conn::reap_into(sock, &mut self.ids, out),
+            Conn::Up { sock, .. } => conn::reap_into(sock, &mut self.ids, &mut self.raw, out),
             _ => Ok(()),
         }
     }
 
+    /// Returns early when the current socket or a retiring one has
+    /// notifications, a retiring socket's deadline passes, or the current
+    /// socket fails.
     fn wait_notifications(&mut self, timeout: Duration) {
         self.service(false);
         if !self.pending.is_empty() {
             return;
         }
-        match &self.link.conn {
-            Conn::Up { sock, .. } if self.ids.outstanding() > 0 => {
-                // Notifications and connection errors raise POLLERR.
-                let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-                let mut pfd = [PollFd::new(sock.as_fd(), PollFlags::empty())];
-                let _ = poll(
-                    &mut pfd,
-                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-                );
+        // Notifications and connection errors raise POLLERR, which poll
+        // reports unasked; the retiring set is readable on either news.
+        let retiring = PollFd::new(self.retiring.fd(), PollFlags::POLLIN);
+        let mut fds = [retiring, retiring];
+        let n = match &self.link.conn {
+            Conn::Up { sock, .. } => {
+                fds[1] = PollFd::new(sock.as_fd(), PollFlags::empty());
+                2
             }
-            // Nothing can complete: do not spin the caller's loop.
-            _ => std::thread::sleep(timeout.min(Duration::from_millis(10))),
-        }
+            _ => 1,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let _ = poll(
+            &mut fds[..n],
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        );
     }
 
     fn recv(&mut self, bufs: &mut RxBuffers<'_>) -> io::Result<usize> {
