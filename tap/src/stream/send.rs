@@ -2,12 +2,12 @@
 //! virtio-net header, frame) written into the TCP socket without ever
 //! waiting, the frame lent to the kernel with `MSG_ZEROCOPY` when asked.
 //!
-//! A record goes out whole or not at all, as far as the peer can tell.
-//! When the kernel takes only part of one, the rest is copied at once into
-//! the tail, a buffer allocated once at the largest record's size, and the
-//! socket is watched for EPOLLOUT. While the tail holds anything, nothing
-//! else is sent (`send` says WouldBlock), so records never interleave;
-//! when the socket reports room the tail is written, and TX goes on.
+//! Records reach the peer whole and in order. When the kernel takes only
+//! part of one, the rest is copied at once into the tail, a buffer
+//! allocated once at the largest record's size, and the socket is watched
+//! for EPOLLOUT. While the tail holds anything, nothing else is sent
+//! (`send` says WouldBlock), so records never interleave; when the socket
+//! reports room the tail is written, and TX goes on.
 //!
 //! The kernel reports room (EPOLLOUT) only after it found the socket full
 //! itself; a send that returns WouldBlock or leaves a tail has just made
@@ -35,7 +35,7 @@ pub(super) struct Tx {
     /// The iovecs of one `sendmsg`, rebuilt for each call (its capacity
     /// stays: no allocation once it has grown to the longest frame).
     iov: Vec<libc::iovec>,
-    pub(super) tail: Tail,
+    tail: Tail,
     /// The socket is watched for EPOLLOUT.
     want_space: bool,
 }
@@ -65,7 +65,7 @@ impl Tx {
 }
 
 /// The copied rest of a record the kernel took only part of.
-pub(super) struct Tail {
+struct Tail {
     buf: Box<[u8]>,
     /// `buf[start..end]` is still to be written.
     start: usize,
@@ -81,7 +81,7 @@ impl Tail {
         }
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.start == self.end
     }
 
@@ -276,11 +276,13 @@ impl StreamAttachment {
         head[..PREFIX_LEN].copy_from_slice(&((wire_hdr + frame.len()) as u32).to_be_bytes());
         head[PREFIX_LEN..].copy_from_slice(&frame.hdr().to_bytes());
         let lend = mode == SendMode::Lend && *zc;
-        // SAFETY: only the frame is ever lent. A lent chain is not
-        // returned to the guest until notifications cover every id this
-        // returns, or the socket was reset and its retirement completed
-        // them (see `retiring`); the datapath keeps guest memory mapped
-        // until then.
+        // SAFETY: the frame's iovecs are guest memory the datapath
+        // bounds-checked and keeps mapped for this call, and only the
+        // frame is ever lent (the kernel pins what it is lent). Its chain
+        // goes back to the guest only when notifications cover every id
+        // this returns, or when the socket was reset and retired past its
+        // deadline (see `retiring`), after which the peer accepts nothing
+        // more that those pages could carry.
         let outcome = unsafe {
             record(
                 sock.as_fd(),
