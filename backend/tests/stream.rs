@@ -270,6 +270,57 @@ fn a_peer_that_closes_while_frames_are_held_gets_them_back_by_a_reset() {
 }
 
 #[test]
+fn pages_a_qdisc_holds_past_the_reset_are_completed_at_the_retiring_deadline() {
+    let (lab, listener) = StreamLab::new(
+        Role::Connect,
+        &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
+    );
+    let mut g = FakeGuest::connect(&lab.daemon.socket, &GuestOpts::default());
+    let listener = listener.expect("a listener");
+    let peer = accept(&listener);
+    drop(listener);
+    // A token bucket on zcnet's egress lets about 64 KiB through, then
+    // 1000 bytes a second: the last of 80 KiB of lent frames waits in the
+    // qdisc, whose copy of the packet keeps the pages referenced whatever
+    // TCP does with its own queues.
+    lab.ns.exec(&[
+        "tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate", "8kbit", "burst", "66000",
+        "limit", "1000000",
+    ]);
+    let heads: Vec<u16> = (0..4)
+        .map(|t| queue(&mut g, &frame(20_000, 300 + t)))
+        .collect();
+    g.tx(0).kick();
+    lab.wait_metric("zcnet_tx_zerocopy_sends_total", 4);
+
+    // The reset purges TCP's queues but not the qdisc: the socket retires
+    // with that send outstanding, and the worker goes on meanwhile. At the
+    // deadline its chain is completed anyway, once.
+    reset(peer);
+    lab.daemon.wait_log("the lost connection retires with");
+    assert_each_once(&g.wait_tx_used(0, 4), &heads);
+    lab.daemon.wait_log("did not release");
+
+    // The qdisc lets go (of a socket already closed), and a new peer gets
+    // whole records whose ids do not collide with the retired socket's.
+    lab.ns.exec(&["tc", "qdisc", "del", "dev", "va", "root"]);
+    let listener = stream_lab::listen(&lab.peer, stream_lab::PEER_ADDR);
+    let mut peer = accept(&listener);
+    let f = frame(20_000, 400);
+    let head = queue(&mut g, &f);
+    g.tx(0).kick();
+    assert_eq!(
+        read_record(&mut peer),
+        f,
+        "a whole record on the new connection"
+    );
+    assert_each_once(&g.wait_tx_used(0, 1), &[head]);
+    let m = lab.wait_metric("zcnet_tx_zerocopy_completed_total", 5);
+    assert_eq!(metric(&m, "zcnet_tx_lent_chains"), 0);
+    assert!(g.tx(0).take_used().is_empty(), "no chain returned twice");
+}
+
+#[test]
 fn a_listener_serves_the_next_peer_when_one_leaves() {
     let (lab, _) = StreamLab::new(&zcnet(), Role::Listen, &[]);
     let mut g = FakeGuest::connect(&lab.daemon.socket, &GuestOpts::default());

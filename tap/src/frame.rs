@@ -84,7 +84,14 @@ impl<'a> TxFrame<'a> {
     /// `out` (volatile reads: the guest may be writing them); returns how
     /// many were copied.
     pub fn read_prefix(&self, out: &mut [u8]) -> usize {
-        read_volatile_prefix(self.payload(), out)
+        self.read_at(0, out)
+    }
+
+    /// Copies up to `out.len()` bytes of the frame from byte `skip` on
+    /// into `out` (volatile reads: the guest may be writing them); returns
+    /// how many were copied.
+    pub fn read_at(&self, skip: usize, out: &mut [u8]) -> usize {
+        read_volatile(self.payload(), skip, out)
     }
 
     /// The frame's iovecs from byte `skip` on, at most `take` bytes,
@@ -212,22 +219,42 @@ impl<'a> RxBuffers<'a> {
     }
 }
 
-/// Copies up to `out.len()` bytes from the memory `iov` describes.
-fn read_volatile_prefix(iov: &[libc::iovec], out: &mut [u8]) -> usize {
+/// Copies up to `out.len()` bytes from the memory `iov` describes, from
+/// byte `skip` on.
+fn read_volatile(iov: &[libc::iovec], mut skip: usize, out: &mut [u8]) -> usize {
+    /// Bytes per volatile read: one word at a time, not one byte.
+    const WORD: usize = 8;
     let mut done = 0;
     for v in iov {
         if done == out.len() {
             break;
         }
-        let n = v.iov_len.min(out.len() - done);
-        for (i, b) in out[done..done + n].iter_mut().enumerate() {
+        if skip >= v.iov_len {
+            skip -= v.iov_len;
+            continue;
+        }
+        let n = (v.iov_len - skip).min(out.len() - done);
+        let src = (v.iov_base as *const u8).wrapping_add(skip);
+        let dst = &mut out[done..done + n];
+        let mut chunks = dst.chunks_exact_mut(WORD);
+        let mut at = 0;
+        for chunk in &mut chunks {
             // SAFETY: `iov` comes from a `TxFrame`, whose constructor's
-            // contract keeps every range mapped and readable while the frame
-            // is borrowed; `i < n <= iov_len`. Volatile byte reads form no
-            // Rust reference to memory the guest may be writing.
-            *b = unsafe { std::ptr::read_volatile((v.iov_base as *const u8).add(i)) };
+            // contract keeps every range mapped and readable while the
+            // frame is borrowed; `skip + at + WORD <= iov_len`. A volatile
+            // read of a byte array (alignment 1) forms no Rust reference
+            // to memory the guest may be writing.
+            let word: [u8; WORD] = unsafe { std::ptr::read_volatile(src.add(at).cast()) };
+            chunk.copy_from_slice(&word);
+            at += WORD;
+        }
+        for b in chunks.into_remainder() {
+            // SAFETY: as above, one byte at `skip + at < iov_len`.
+            *b = unsafe { std::ptr::read_volatile(src.add(at)) };
+            at += 1;
         }
         done += n;
+        skip = 0;
     }
     done
 }
@@ -294,6 +321,11 @@ mod tests {
         let mut out = [0u8; 11];
         assert_eq!(f.read_prefix(&mut out), 11);
         assert_eq!(&out, b"hello world");
+        let mut mid = [0u8; 5];
+        assert_eq!(f.read_at(3, &mut mid), 5);
+        assert_eq!(&mid, b"lo wo");
+        assert_eq!(f.read_at(9, &mut mid), 2, "only what is left");
+        assert_eq!(&mid[..2], b"ld");
         let mut s = Vec::new();
         f.slice_into(3, 4, &mut s);
         assert_eq!(
@@ -305,6 +337,26 @@ mod tests {
         let all = f.with_header(&hdr);
         assert_eq!(iov_len(all), 23);
         assert_eq!(all[0].iov_base as *const u8, hdr.as_ptr());
+    }
+
+    #[test]
+    fn reads_at_any_offset_match_the_bytes_word_by_word_or_not() {
+        let mut a: Vec<u8> = (0..37u8).collect();
+        let mut b: Vec<u8> = (100..200u8).collect();
+        let mut c = vec![7u8; 5];
+        let all: Vec<u8> = [&a[..], &b[..], &c[..]].concat();
+        let mut v = [iov(&mut []), iov(&mut a), iov(&mut b), iov(&mut c)];
+        // SAFETY: the iovecs describe the local vectors, alive and not
+        // otherwise borrowed for the frame's life.
+        let f = unsafe { TxFrame::new(VnetHdr::default(), &mut v) };
+        for skip in [0, 1, 8, 36, 37, 45, 136, 141, 142] {
+            for len in [0, 1, 7, 8, 9, 64, 200] {
+                let mut out = vec![0u8; len];
+                let n = f.read_at(skip, &mut out);
+                let want = &all[skip.min(all.len())..(skip + len).min(all.len())];
+                assert_eq!(&out[..n], want, "skip {skip}, len {len}");
+            }
+        }
     }
 
     #[test]

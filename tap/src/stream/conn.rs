@@ -1,9 +1,9 @@
 //! The connection's life: connecting with backoff, accepting one peer at a
-//! time, noticing that the peer is gone, and retiring a socket whose
-//! pages are still lent.
+//! time, noticing that the peer is gone and handing its socket to
+//! `retiring`, and acting on whatever the attachment's epoll set reports.
 
 use std::fmt::Display;
-use std::io::{self, Write};
+use std::io;
 use std::mem;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd};
@@ -17,12 +17,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::ids::IdMap;
-use super::records::RecordBuf;
+use super::ids::SocketIds;
 use super::{StreamAttachment, StreamEndpoint};
 use crate::attachment::Completion;
 use crate::zerocopy;
-use crate::Offloads;
 
 /// Tokens of the attachment's epoll set. A socket's token also carries
 /// its generation, so an event of a closed socket is never taken for one
@@ -31,6 +29,8 @@ const TOKEN_TIMER: u64 = 1;
 const TOKEN_WAKE: u64 = 2;
 const TOKEN_LISTENER: u64 = 3;
 const TOKEN_SOCKET: u64 = 4;
+/// The set of retiring sockets (see `retiring`).
+pub(super) const TOKEN_RETIRING: u64 = 5;
 const TOKEN_KIND: u64 = 0xff;
 
 /// Reconnect backoff: 100 ms, doubling up to 5 s.
@@ -41,14 +41,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connection trouble is logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(5);
-/// How long a lost connection's lent pages may take to come back (after
-/// its write queue is purged) before they are completed anyway.
-const RETIRE_WAIT: Duration = Duration::from_millis(200);
-/// A TX that found the socket too full for a whole record retries after
-/// this (doubling while it stays full), in case the kernel itself never
-/// saw the socket full and so never reports room (see `want_space`).
-const SPACE_RETRY_MIN: Duration = Duration::from_millis(1);
-const SPACE_RETRY_MAX: Duration = Duration::from_millis(64);
 
 /// The socket of the moment.
 pub(super) enum Conn {
@@ -65,34 +57,23 @@ pub(super) enum Conn {
     },
 }
 
-/// Everything that changes, behind the attachment's lock.
-pub(super) struct State {
+/// The socket of the moment and what its life needs.
+pub(super) struct Link {
     pub(super) conn: Conn,
     /// Bumped for every socket.
     generation: u64,
-    pub(super) ids: IdMap,
-    /// Completions to hand to the engine at the next `reap`.
-    pub(super) pending: Vec<Completion>,
-    pub(super) rx: RecordBuf,
-    /// The copied rest of a record the kernel took only part of: it goes
-    /// out before anything else.
-    pub(super) tail: Vec<u8>,
-    /// What the guest accepts on RX.
-    pub(super) offloads: Offloads,
-    /// The reconnect backoff while down, the TX retry while up.
+    /// The reconnect backoff while down, the connect timeout while
+    /// connecting.
     timer: TimerFd,
-    /// TX waits for room: the socket is watched for EPOLLOUT.
-    want_space: bool,
-    space_delay: Duration,
     backoff: Duration,
     /// Failed attempts since the last connection.
     failures: u32,
     last_log: Option<Instant>,
 }
 
-impl State {
-    /// A state with no socket; adds the timer and `wake` to `epoll`.
-    pub(super) fn new(epoll: &Epoll, wake: &EventFd, max_body: usize) -> io::Result<Self> {
+impl Link {
+    /// No socket yet; adds the timer and `wake` to `epoll`.
+    pub(super) fn new(epoll: &Epoll, wake: &EventFd) -> io::Result<Self> {
         let timer = TimerFd::new()?;
         fcntl(timer.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         for (fd, token) in [
@@ -105,17 +86,10 @@ impl State {
                 EpollEvent::new(EventSet::IN, token),
             )?;
         }
-        Ok(State {
+        Ok(Link {
             conn: Conn::Down,
             generation: 0,
-            ids: IdMap::default(),
-            pending: Vec::new(),
-            rx: RecordBuf::new(max_body),
-            tail: Vec::new(),
-            offloads: Offloads::default(),
             timer,
-            want_space: false,
-            space_delay: SPACE_RETRY_MIN,
             backoff: BACKOFF_MIN,
             failures: 0,
             last_log: None,
@@ -126,7 +100,7 @@ impl State {
         matches!(self.conn, Conn::Up { .. })
     }
 
-    fn token(&self) -> u64 {
+    pub(super) fn token(&self) -> u64 {
         TOKEN_SOCKET | (self.generation << 8)
     }
 
@@ -143,15 +117,20 @@ impl State {
     }
 }
 
-/// Reads the socket's zero-copy notifications into `out`, in engine ids.
+/// Reads the socket's zero-copy notifications into `out`, in engine ids,
+/// through `raw` (scratch the caller keeps, so nothing is allocated once
+/// it has grown).
 pub(super) fn reap_into(
     sock: &TcpStream,
-    ids: &mut IdMap,
+    ids: &mut SocketIds,
+    raw: &mut Vec<Completion>,
     out: &mut Vec<Completion>,
 ) -> io::Result<()> {
-    let mut raw = Vec::new();
-    let r = zerocopy::reap(sock.as_fd(), &mut raw);
-    out.extend(raw.into_iter().map(|c| ids.complete(c)));
+    raw.clear();
+    let r = zerocopy::reap(sock.as_fd(), raw);
+    for c in raw.drain(..) {
+        ids.complete(c, out);
+    }
     r
 }
 
@@ -168,46 +147,12 @@ fn unread(sock: &TcpStream) -> usize {
     }
 }
 
-/// Bytes written and not yet acknowledged (`SIOCOUTQ`).
-pub(super) fn unacked(sock: &TcpStream) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ on a socket) writes one int, here `n`
-    // on our stack; the socket is borrowed, so open, for the call.
-    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-/// Resets the connection and frees its write queue at once (`connect`
-/// with AF_UNSPEC), keeping the fd open so its error queue can still be
-/// read.
-fn disconnect(sock: &TcpStream) -> io::Result<()> {
-    // SAFETY: an all-zero sockaddr is valid; only its family is read.
-    let mut addr: libc::sockaddr = unsafe { mem::zeroed() };
-    addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
-    // SAFETY: the socket is borrowed, so open, for the call; the pointer
-    // and length describe `addr` on our stack.
-    let r = unsafe {
-        libc::connect(
-            sock.as_raw_fd(),
-            &addr,
-            mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 impl StreamAttachment {
     /// The first step: connect at once, or listen.
-    pub(super) fn start(&self, st: &mut State) -> io::Result<()> {
+    pub(super) fn start(&mut self) -> io::Result<()> {
         match self.endpoint {
             StreamEndpoint::Connect(_) => {
-                self.connect(st);
+                self.connect();
                 Ok(())
             }
             StreamEndpoint::Listen(_) => self.watch_listener(),
@@ -223,7 +168,7 @@ impl StreamAttachment {
     /// Drains the epoll set (zero timeout) and advances the connection.
     /// A change found outside `ready` pokes the worker, which may have
     /// work to do about it (frames to read, completions to reap).
-    pub(super) fn service(&self, st: &mut State, from_ready: bool) {
+    pub(super) fn service(&mut self, from_ready: bool) {
         let mut events = [EpollEvent::default(); 8];
         let mut changed = false;
         // Each round acts on one change and looks again: a change alters
@@ -239,7 +184,7 @@ impl StreamAttachment {
             };
             let again = events[..n]
                 .iter()
-                .any(|ev| self.on_event(st, ev.data(), ev.event_set()));
+                .any(|ev| self.on_event(ev.data(), ev.event_set()));
             if !again {
                 break;
             }
@@ -250,35 +195,36 @@ impl StreamAttachment {
         }
     }
 
-    /// Acts on one ready fd; returns whether the connection changed.
-    fn on_event(&self, st: &mut State, token: u64, events: EventSet) -> bool {
+    /// Acts on one ready fd; returns whether the connection changed or
+    /// work became possible (TX room, completions to reap).
+    fn on_event(&mut self, token: u64, events: EventSet) -> bool {
         match token & TOKEN_KIND {
             TOKEN_TIMER => {
-                let _ = st.timer.wait(); // non-blocking: clears the expiry
-                match st.conn {
+                let _ = self.link.timer.wait(); // non-blocking: clears the expiry
+                match self.link.conn {
                     Conn::Down if matches!(self.endpoint, StreamEndpoint::Connect(_)) => {
-                        self.connect(st);
+                        self.connect();
                         true
                     }
-                    // The TX retry: the worker tries again (see `ready`).
-                    Conn::Up { .. } => true,
                     Conn::Connecting { .. } => {
                         let timeout = io::Error::from(io::ErrorKind::TimedOut);
-                        self.connect_failed(st, &timeout);
+                        self.connect_failed(&timeout);
                         true
                     }
-                    Conn::Down => false,
+                    Conn::Down | Conn::Up { .. } => false,
                 }
             }
-            TOKEN_LISTENER => matches!(st.conn, Conn::Down) && self.accept(st),
-            TOKEN_SOCKET if token == st.token() => self.on_socket(st, events),
+            TOKEN_LISTENER => matches!(self.link.conn, Conn::Down) && self.accept(),
+            TOKEN_SOCKET if token == self.link.token() => self.on_socket(events),
+            // Completions for the worker to reap.
+            TOKEN_RETIRING => self.retiring.service(&mut self.raw, &mut self.pending),
             // The wake eventfd (`ready` clears it), or a closed socket.
             _ => false,
         }
     }
 
-    fn on_socket(&self, st: &mut State, events: EventSet) -> bool {
-        match &st.conn {
+    fn on_socket(&mut self, events: EventSet) -> bool {
+        match &self.link.conn {
             Conn::Connecting { sock, .. } => {
                 let err = match socket::getsockopt(sock, sockopt::SocketError) {
                     Ok(0) if events.contains(EventSet::OUT) => None,
@@ -287,8 +233,8 @@ impl StreamAttachment {
                     Err(e) => Some(e.into()),
                 };
                 match err {
-                    None => self.connected(st),
-                    Some(e) => self.connect_failed(st, &e),
+                    None => self.connected(),
+                    Some(e) => self.connect_failed(&e),
                 }
                 true
             }
@@ -310,22 +256,21 @@ impl StreamAttachment {
                 let closed = events.intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP)
                     && unread(sock) == 0;
                 if let Some(e) = broken {
-                    self.lose(st, e);
+                    self.lose(e);
                     return true;
                 }
                 if closed {
-                    self.lose(st, "the peer closed the connection");
+                    self.lose("the peer closed the connection");
                     return true;
                 }
-                if events.contains(EventSet::OUT) && !st.tail.is_empty() {
-                    match self.flush_tail(st) {
-                        Ok(true) => self.space_ok(st),
-                        Ok(false) => {}
-                        Err(e) => {
-                            self.lose(st, e);
-                            return true;
-                        }
+                if events.contains(EventSet::OUT) {
+                    // Room for TX: the tail goes first. Either way TX may
+                    // go on now, or the loss must be acted on.
+                    if self.tx_clear() {
+                        self.space_ok();
+                        return true;
                     }
+                    return matches!(self.flush_tail(), Ok(true) | Err(_));
                 }
                 false
             }
@@ -347,7 +292,7 @@ impl StreamAttachment {
     }
 
     /// Starts a non-blocking connect to the peer.
-    fn connect(&self, st: &mut State) {
+    fn connect(&mut self) {
         let StreamEndpoint::Connect(remote) = self.endpoint else {
             return;
         };
@@ -370,72 +315,73 @@ impl StreamAttachment {
         });
         let sock = match attempt {
             Ok(sock) => sock,
-            Err(e) => return self.connect_failed(st, &io::Error::from(e)),
+            Err(e) => return self.connect_failed(&io::Error::from(e)),
         };
         let zc = self.enable_zerocopy(&sock);
-        st.generation += 1;
+        self.link.generation += 1;
         // Writable (or failed) once the handshake is over.
         if let Err(e) = self.epoll.ctl(
             ControlOperation::Add,
             sock.as_raw_fd(),
-            EpollEvent::new(EventSet::OUT, st.token()),
+            EpollEvent::new(EventSet::OUT, self.link.token()),
         ) {
-            return self.connect_failed(st, &e);
+            return self.connect_failed(&e);
         }
         debug!("TCP stream: connecting to {remote}");
-        if let Err(e) = st.timer.reset(CONNECT_TIMEOUT, None) {
+        if let Err(e) = self.link.timer.reset(CONNECT_TIMEOUT, None) {
             warn!("TCP stream: cannot arm the connect timeout: {e}");
         }
-        st.conn = Conn::Connecting { sock, zc };
+        self.link.conn = Conn::Connecting { sock, zc };
     }
 
     /// The handshake completed.
-    fn connected(&self, st: &mut State) {
-        let Conn::Connecting { sock, zc } = mem::replace(&mut st.conn, Conn::Down) else {
+    fn connected(&mut self) {
+        let Conn::Connecting { sock, zc } = mem::replace(&mut self.link.conn, Conn::Down) else {
             return;
         };
         let watched = self.epoll.ctl(
             ControlOperation::Modify,
             sock.as_raw_fd(),
-            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, st.token()),
+            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, self.link.token()),
         );
         if let Err(e) = watched {
-            st.conn = Conn::Connecting { sock, zc };
-            return self.connect_failed(st, &e);
+            self.link.conn = Conn::Connecting { sock, zc };
+            return self.connect_failed(&e);
         }
-        let _ = st.timer.clear();
+        let link = &mut self.link;
+        let _ = link.timer.clear();
         let _ = sock.set_nodelay(true);
         let peer = sock
             .peer_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
-        match st.failures {
+        match link.failures {
             0 => info!("TCP stream: connected to {peer}"),
             n => info!("TCP stream: connected to {peer} after {n} failed attempts"),
         }
-        st.failures = 0;
-        st.backoff = BACKOFF_MIN;
-        st.last_log = None;
-        st.conn = Conn::Up { sock, zc };
+        link.failures = 0;
+        link.backoff = BACKOFF_MIN;
+        link.last_log = None;
+        link.conn = Conn::Up { sock, zc };
     }
 
     /// A connect attempt failed: try again after the backoff.
-    fn connect_failed(&self, st: &mut State, err: &io::Error) {
-        if let Conn::Connecting { sock, .. } = mem::replace(&mut st.conn, Conn::Down) {
+    fn connect_failed(&mut self, err: &io::Error) {
+        if let Conn::Connecting { sock, .. } = mem::replace(&mut self.link.conn, Conn::Down) {
             let _ = self.epoll.ctl(
                 ControlOperation::Delete,
                 sock.as_raw_fd(),
                 EpollEvent::default(),
             );
         }
-        st.failures += 1;
-        let delay = self.schedule_reconnect(st);
+        self.link.failures += 1;
+        let delay = self.schedule_reconnect();
         let StreamEndpoint::Connect(remote) = self.endpoint else {
             return;
         };
-        if st.may_log() {
+        let attempt = self.link.failures;
+        if self.link.may_log() {
             warn!(
-                "TCP stream: cannot connect to {remote}: {err} (attempt {}); trying again in {delay:?}",
-                st.failures
+                "TCP stream: cannot connect to {remote}: {err} (attempt {attempt}); trying again in {delay:?}"
             );
         } else {
             debug!("TCP stream: cannot connect to {remote}: {err}; trying again in {delay:?}");
@@ -443,10 +389,10 @@ impl StreamAttachment {
     }
 
     /// Arms the timer for the next attempt; returns its delay.
-    fn schedule_reconnect(&self, st: &mut State) -> Duration {
-        let delay = st.backoff;
-        st.backoff = (delay * 2).min(BACKOFF_MAX);
-        if let Err(e) = st.timer.reset(delay, None) {
+    fn schedule_reconnect(&mut self) -> Duration {
+        let delay = self.link.backoff;
+        self.link.backoff = (delay * 2).min(BACKOFF_MAX);
+        if let Err(e) = self.link.timer.reset(delay, None) {
             warn!("TCP stream: cannot arm the reconnect timer: {e}");
         }
         delay
@@ -465,7 +411,7 @@ impl StreamAttachment {
     }
 
     /// Accepts one peer; the next waits in the backlog until it leaves.
-    fn accept(&self, st: &mut State) -> bool {
+    fn accept(&mut self) -> bool {
         let Some(l) = &self.listener else {
             return false;
         };
@@ -473,7 +419,7 @@ impl StreamAttachment {
             Ok(p) => p,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) => {
-                if st.may_log() {
+                if self.link.may_log() {
                     warn!("TCP stream: cannot accept a peer: {e}");
                 }
                 return false;
@@ -485,54 +431,58 @@ impl StreamAttachment {
         }
         let zc = self.enable_zerocopy(&sock);
         let _ = sock.set_nodelay(true);
-        st.generation += 1;
+        self.link.generation += 1;
         if let Err(e) = self.epoll.ctl(
             ControlOperation::Add,
             sock.as_raw_fd(),
-            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, st.token()),
+            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, self.link.token()),
         ) {
             warn!("TCP stream: cannot watch the socket of {peer} ({e}); closing it");
             return false;
         }
-        let _ = self.epoll.ctl(
-            ControlOperation::Delete,
-            l.as_raw_fd(),
-            EpollEvent::default(),
-        );
+        if let Some(l) = &self.listener {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                l.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
         info!("TCP stream: accepted a peer from {peer}");
-        st.conn = Conn::Up { sock, zc };
+        self.link.conn = Conn::Up { sock, zc };
         true
     }
 
-    /// The peer is gone (`why`). Every chain lent through the socket is
-    /// completed exactly once (see `retire`), the partial record is
-    /// dropped, and a new connection is sought.
-    pub(super) fn lose(&self, st: &mut State, why: impl Display) {
-        st.rx.trim_partial();
-        let sock = match mem::replace(&mut st.conn, Conn::Down) {
+    /// The peer is gone (`why`). The socket retires (see `retiring`),
+    /// which completes every chain lent through it exactly once; the
+    /// partial record is dropped, and a new connection is sought.
+    pub(super) fn lose(&mut self, why: impl Display) {
+        self.rx.trim_partial();
+        let sock = match mem::replace(&mut self.link.conn, Conn::Down) {
             Conn::Up { sock, .. } => sock,
             other => {
                 // Not connected: nothing to lose.
-                st.conn = other;
+                self.link.conn = other;
                 return;
             }
         };
-        st.tail.clear();
-        st.want_space = false;
-        st.space_delay = SPACE_RETRY_MIN;
-        let _ = st.timer.clear();
-        st.generation += 1;
-        self.retire(st, &sock);
+        self.tx.reset();
+        let _ = self.link.timer.clear();
+        self.link.generation += 1;
         let _ = self.epoll.ctl(
             ControlOperation::Delete,
             sock.as_raw_fd(),
             EpollEvent::default(),
         );
-        drop(sock);
-        let log = st.may_log();
+        // The next socket's ids start past this one's, which retires with
+        // them (completing each lent chain exactly once).
+        let successor = self.ids.successor();
+        let ids = mem::replace(&mut self.ids, successor);
+        self.retiring
+            .retire(sock, ids, &mut self.raw, &mut self.pending);
+        let log = self.link.may_log();
         match self.endpoint {
             StreamEndpoint::Connect(remote) => {
-                let delay = self.schedule_reconnect(st);
+                let delay = self.schedule_reconnect();
                 if log {
                     warn!("TCP stream: lost the connection to {remote} ({why}); reconnecting in {delay:?}");
                 } else {
@@ -554,110 +504,5 @@ impl StreamAttachment {
         }
         // TX must now drop rather than wait, and completions may wait.
         self.poke();
-    }
-
-    /// Before a socket with lent pages is closed: reads the notifications
-    /// it has; if sends are still outstanding, resets the connection,
-    /// which frees its write queue, and waits (at most `RETIRE_WAIT`) for
-    /// the kernel to report those pages released. What it never reports
-    /// is completed anyway (`IdMap::retire`): after the reset the pages
-    /// can only be in packets of a connection the peer no longer accepts
-    /// data on, so a guest that rewrites them harms nobody.
-    fn retire(&self, st: &mut State, sock: &TcpStream) {
-        let _ = reap_into(sock, &mut st.ids, &mut st.pending);
-        if st.ids.outstanding() > 0 {
-            if let Err(e) = disconnect(sock) {
-                debug!("TCP stream: cannot reset the lost connection: {e}");
-            }
-            // Edge-triggered: each new notification wakes the wait.
-            let waiter = Epoll::new().and_then(|ep| {
-                ep.ctl(
-                    ControlOperation::Add,
-                    sock.as_raw_fd(),
-                    EpollEvent::new(EventSet::ERROR | EventSet::EDGE_TRIGGERED, 0),
-                )
-                .map(|()| ep)
-            });
-            let deadline = Instant::now() + RETIRE_WAIT;
-            loop {
-                let _ = reap_into(sock, &mut st.ids, &mut st.pending);
-                let now = Instant::now();
-                if st.ids.outstanding() == 0 || now >= deadline {
-                    break;
-                }
-                let Ok(ep) = &waiter else { break };
-                let ms = (deadline - now).as_millis().max(1) as i32;
-                let _ = ep.wait(ms, &mut [EpollEvent::default(); 1]);
-            }
-            if st.ids.outstanding() > 0 {
-                warn!(
-                    "TCP stream: the kernel did not release {} zero-copy sends of the lost \
-                     connection within {RETIRE_WAIT:?}; completing their chains anyway",
-                    st.ids.outstanding()
-                );
-            }
-        }
-        st.ids.retire(&mut st.pending);
-    }
-
-    /// TX found no room for a whole record: watch for room, and retry on
-    /// the timer too. The kernel reports room only after it saw the socket
-    /// full itself, which it may not have (zcnet checks for a whole
-    /// record, the kernel for a third of the buffer).
-    pub(super) fn want_space(&self, st: &mut State) {
-        let Conn::Up { sock, .. } = &st.conn else {
-            return;
-        };
-        if st.want_space {
-            st.space_delay = (st.space_delay * 2).min(SPACE_RETRY_MAX);
-        } else {
-            let _ = self.epoll.ctl(
-                ControlOperation::Modify,
-                sock.as_raw_fd(),
-                EpollEvent::new(
-                    EventSet::IN | EventSet::READ_HANG_UP | EventSet::OUT,
-                    st.token(),
-                ),
-            );
-            st.want_space = true;
-            st.space_delay = SPACE_RETRY_MIN;
-        }
-        let _ = st.timer.reset(st.space_delay, None);
-    }
-
-    /// TX went through: stop watching for room.
-    pub(super) fn space_ok(&self, st: &mut State) {
-        let Conn::Up { sock, .. } = &st.conn else {
-            return;
-        };
-        if st.want_space {
-            let _ = self.epoll.ctl(
-                ControlOperation::Modify,
-                sock.as_raw_fd(),
-                EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, st.token()),
-            );
-            st.want_space = false;
-            st.space_delay = SPACE_RETRY_MIN;
-            let _ = st.timer.clear();
-        }
-    }
-
-    /// Writes what is left of a partly sent record; returns whether all
-    /// of it is out.
-    pub(super) fn flush_tail(&self, st: &mut State) -> io::Result<bool> {
-        let Conn::Up { sock, .. } = &st.conn else {
-            return Ok(false);
-        };
-        while !st.tail.is_empty() {
-            match (&*sock).write(&st.tail) {
-                Ok(n) => {
-                    st.tail.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
     }
 }

@@ -1,5 +1,7 @@
 //! The receive side of the stream framing: bytes read from the socket into
-//! an attachment-owned buffer, cut into length-prefixed records.
+//! an attachment-owned buffer, cut into length-prefixed records, and each
+//! record's frame delivered into the guest's buffers behind its header
+//! (`recv`).
 //!
 //! Each record is a 4-byte big-endian length and that many bytes (QEMU's
 //! `-netdev stream` framing). A TCP stream has no message boundaries, so
@@ -9,6 +11,13 @@
 
 use std::io::{self, Read};
 use std::ops::Range;
+
+use log::{debug, warn};
+
+use super::conn::Conn;
+use super::{StreamAttachment, HDR_FIELDS_LEN, MAX_FRAME, MIN_FRAME, WIRE_HDR_LEN};
+use crate::frame::RxBuffers;
+use crate::Offloads;
 
 /// Length of the record prefix.
 pub(super) const PREFIX_LEN: usize = 4;
@@ -109,6 +118,102 @@ impl RecordBuf {
             self.end = 0;
         }
     }
+}
+
+impl StreamAttachment {
+    /// [`Attachment::recv`](crate::Attachment::recv) for the stream.
+    pub(super) fn recv_frame(&mut self, bufs: &mut RxBuffers<'_>) -> io::Result<usize> {
+        loop {
+            match self.rx.next() {
+                Next::Record(body) => {
+                    let bytes = self.rx.body(body.clone());
+                    let (hdr, frame) = bytes.split_at(if self.peer_hdr { WIRE_HDR_LEN } else { 0 });
+                    let n = if frame.len() < MIN_FRAME {
+                        debug!(
+                            "TCP stream: dropped a {}-byte frame from the peer",
+                            frame.len()
+                        );
+                        None
+                    } else if self.peer_hdr && !deliverable(hdr, &self.offloads) {
+                        debug!(
+                            "TCP stream: dropped a frame whose offloads (flags {:#x}, GSO {:#x}) the guest did not accept",
+                            hdr[0], hdr[1]
+                        );
+                        None
+                    } else {
+                        Some(deliver(self.hdr_len, hdr, frame, bufs))
+                    };
+                    self.rx.consume(body);
+                    if let Some(n) = n {
+                        return Ok(n);
+                    }
+                    continue;
+                }
+                Next::Broken(len) => {
+                    warn!(
+                        "TCP stream: the peer sent a {len}-byte record, longer than any frame \
+                         ({} bytes at most); dropping the connection",
+                        self.max_body()
+                    );
+                    self.rx.trim_partial();
+                    self.lose("broken framing");
+                    continue;
+                }
+                Next::Partial => {}
+            }
+            if !self.link.is_up() {
+                self.service(false);
+            }
+            let Conn::Up { sock, .. } = &self.link.conn else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
+            match self.rx.fill(sock) {
+                Ok(0) => self.lose("the peer closed the connection"),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.lose(e),
+            }
+        }
+    }
+
+    fn max_body(&self) -> usize {
+        MAX_FRAME + if self.peer_hdr { WIRE_HDR_LEN } else { 0 }
+    }
+}
+
+/// Whether a record from a zcnet peer carries only offloads this
+/// guest accepted (a device must not hand over anything else).
+fn deliverable(hdr: &[u8], o: &Offloads) -> bool {
+    const NEEDS_CSUM: u8 = 1;
+    const GSO_ECN: u8 = 0x80;
+    let (flags, gso) = (hdr[0], hdr[1]);
+    let gso_ok = match gso & !GSO_ECN {
+        0 => true,
+        1 => o.tso4,
+        4 => o.tso6,
+        _ => false,
+    };
+    let ecn_ok = gso & GSO_ECN == 0 || o.tso_ecn;
+    (flags & NEEDS_CSUM == 0 || o.csum) && gso_ok && ecn_ok
+}
+
+/// Copies one record's frame into the guest's buffers, behind the guest's
+/// header (of `hdr_len` bytes): the peer's (`--vnet-hdr-peer`) or all
+/// zeros. Returns the length the guest sees; when that exceeds the
+/// buffers, nothing is written (the RX path drops the frame and counts
+/// it).
+fn deliver(hdr_len: usize, hdr: &[u8], frame: &[u8], bufs: &mut RxBuffers<'_>) -> usize {
+    // `num_buffers` (bytes 10..12) is the RX path's to fill in.
+    let mut guest_hdr = [0u8; WIRE_HDR_LEN];
+    guest_hdr[..hdr.len().min(HDR_FIELDS_LEN)]
+        .copy_from_slice(&hdr[..hdr.len().min(HDR_FIELDS_LEN)]);
+    let n = hdr_len + frame.len();
+    if n <= bufs.capacity() {
+        bufs.write_at(0, &guest_hdr[..hdr_len]);
+        bufs.write_at(hdr_len, frame);
+    }
+    n
 }
 
 #[cfg(test)]
