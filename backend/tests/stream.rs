@@ -272,6 +272,7 @@ fn a_peer_that_closes_while_frames_are_held_gets_them_back_by_a_reset() {
 #[test]
 fn pages_a_qdisc_holds_past_the_reset_are_completed_at_the_retiring_deadline() {
     let (lab, listener) = StreamLab::new(
+        &zcnet(),
         Role::Connect,
         &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
     );

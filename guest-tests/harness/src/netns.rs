@@ -55,7 +55,7 @@ impl NetNs {
     }
 
     /// Runs a command inside the namespace, panicking on failure.
-    pub(crate) fn exec(&self, args: &[&str]) -> Output {
+    pub fn exec(&self, args: &[&str]) -> Output {
         run(Command::new("ip")
             .args(["netns", "exec", &self.name])
             .args(args))
