@@ -75,16 +75,11 @@ use records::RecordBuf;
 use retiring::Retiring;
 use send::Tx;
 
-/// The largest frame: 64 KiB of GSO payload and headers, an Ethernet
-/// header and a VLAN tag (as the TX path accepts).
-const MAX_FRAME: usize = 65536 + 14 + 4;
-/// The virtio-net header on the wire with `--vnet-hdr-peer`
-/// (`virtio_net_hdr_v1`; a 10-byte guest header is padded with zeros).
-const WIRE_HDR_LEN: usize = 12;
-/// Header bytes a guest header carries besides `num_buffers`.
-const HDR_FIELDS_LEN: usize = 10;
-/// The shortest frame delivered: an Ethernet header.
-const MIN_FRAME: usize = 14;
+// The largest frame, from `vnet_hdr`.
+use crate::vnet_hdr::MAX_FRAME_LEN as MAX_FRAME;
+// The virtio-net header on the wire with `--vnet-hdr-peer`
+// (`virtio_net_hdr_v1`; a 10-byte guest header is padded with zeros).
+use crate::vnet_hdr::HDR_LEN_V1 as WIRE_HDR_LEN;
 
 /// Where the TCP connection comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,8 +15,9 @@ use std::ops::Range;
 use log::{debug, warn};
 
 use super::conn::Conn;
-use super::{StreamAttachment, HDR_FIELDS_LEN, MAX_FRAME, MIN_FRAME, WIRE_HDR_LEN};
+use super::{StreamAttachment, MAX_FRAME, WIRE_HDR_LEN};
 use crate::frame::RxBuffers;
+use crate::vnet_hdr::{HdrError, VnetHdr, MIN_FRAME_LEN};
 use crate::Offloads;
 
 /// Length of the record prefix.
@@ -128,20 +129,20 @@ impl StreamAttachment {
                 Next::Record(body) => {
                     let bytes = self.rx.body(body.clone());
                     let (hdr, frame) = bytes.split_at(if self.peer_hdr { WIRE_HDR_LEN } else { 0 });
-                    let n = if frame.len() < MIN_FRAME {
+                    let n = if frame.len() < MIN_FRAME_LEN {
                         debug!(
                             "TCP stream: dropped a {}-byte frame from the peer",
                             frame.len()
                         );
                         None
-                    } else if self.peer_hdr && !deliverable(hdr, &self.offloads) {
-                        debug!(
-                            "TCP stream: dropped a frame whose offloads (flags {:#x}, GSO {:#x}) the guest did not accept",
-                            hdr[0], hdr[1]
-                        );
-                        None
                     } else {
-                        Some(deliver(self.hdr_len, hdr, frame, bufs))
+                        match guest_header(hdr, frame.len(), &self.offloads) {
+                            Ok(h) => Some(deliver(self.hdr_len, &h, frame, bufs)),
+                            Err(e) => {
+                                debug!("TCP stream: dropped a frame the guest cannot take: {e}");
+                                None
+                            }
+                        }
                     };
                     self.rx.consume(body);
                     if let Some(n) = n {
@@ -182,35 +183,24 @@ impl StreamAttachment {
     }
 }
 
-/// Whether a record from a zcnet peer carries only offloads this
-/// guest accepted (a device must not hand over anything else).
-fn deliverable(hdr: &[u8], o: &Offloads) -> bool {
-    const NEEDS_CSUM: u8 = 1;
-    const GSO_ECN: u8 = 0x80;
-    let (flags, gso) = (hdr[0], hdr[1]);
-    let gso_ok = match gso & !GSO_ECN {
-        0 => true,
-        1 => o.tso4,
-        4 => o.tso6,
-        _ => false,
+/// The header the guest gets for a record: the peer's (`--vnet-hdr-peer`),
+/// checked against the frame and what this guest accepted (a device must
+/// not hand over anything else) and normalised; or all zeros.
+fn guest_header(wire: &[u8], frame_len: usize, accepted: &Offloads) -> Result<VnetHdr, HdrError> {
+    let Some(fields) = wire.first_chunk::<{ VnetHdr::FIELDS_LEN }>() else {
+        return Ok(VnetHdr::default());
     };
-    let ecn_ok = gso & GSO_ECN == 0 || o.tso_ecn;
-    (flags & NEEDS_CSUM == 0 || o.csum) && gso_ok && ecn_ok
+    VnetHdr::parse(fields).validate(frame_len, accepted)
 }
 
-/// Copies one record's frame into the guest's buffers, behind the guest's
-/// header (of `hdr_len` bytes): the peer's (`--vnet-hdr-peer`) or all
-/// zeros. Returns the length the guest sees; when that exceeds the
-/// buffers, nothing is written (the RX path drops the frame and counts
-/// it).
-fn deliver(hdr_len: usize, hdr: &[u8], frame: &[u8], bufs: &mut RxBuffers<'_>) -> usize {
-    // `num_buffers` (bytes 10..12) is the RX path's to fill in.
-    let mut guest_hdr = [0u8; WIRE_HDR_LEN];
-    guest_hdr[..hdr.len().min(HDR_FIELDS_LEN)]
-        .copy_from_slice(&hdr[..hdr.len().min(HDR_FIELDS_LEN)]);
+/// Copies one record's frame into the guest's buffers, behind `hdr` (of
+/// `hdr_len` bytes; `num_buffers` is the RX path's to fill in). Returns
+/// the length the guest sees; when that exceeds the buffers, nothing is
+/// written (the RX path drops the frame and counts it).
+fn deliver(hdr_len: usize, hdr: &VnetHdr, frame: &[u8], bufs: &mut RxBuffers<'_>) -> usize {
     let n = hdr_len + frame.len();
     if n <= bufs.capacity() {
-        bufs.write_at(0, &guest_hdr[..hdr_len]);
+        bufs.write_at(0, &hdr.to_bytes()[..hdr_len]);
         bufs.write_at(hdr_len, frame);
     }
     n
