@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use zcnet_harness::daemon::{Daemon, ZcnetBin};
-use zcnet_harness::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
+use zcnet_harness::frames::{self, PacketSock, GUEST_MAC, HOST_MAC};
 use zcnet_harness::guest::*;
 use zcnet_harness::netns::NetNs;
+use zcnet_harness::roundtrip::tx_roundtrip;
 use zcnet_harness::setup::{Setup, TAP};
 use zcnet_harness::vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
@@ -23,19 +24,6 @@ fn zcnet() -> ZcnetBin {
 }
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Sends one tagged frame from the guest and checks it leaves the tap.
-fn tx_roundtrip(g: &mut FakeGuest, host: &PacketSock, tag: u32) {
-    let f = frames::test_frame(300, tag, HOST_MAC, GUEST_MAC);
-    let head = g.queue_tx(0, &frames::plain_hdr(), &f, 1);
-    g.tx(0).kick();
-    let used = g.wait_tx_used(0, 1);
-    assert_eq!(used[0].id, head);
-    let got = host
-        .recv_matching(WAIT, |x| frames::tag_of(&x[PACKET_HDR_LEN..]) == Some(tag))
-        .unwrap_or_else(|| panic!("frame {tag} did not leave the tap"));
-    assert_eq!(&got[PACKET_HDR_LEN..], &f[..]);
-}
 
 #[test]
 fn qemu_negotiation_offers_offloads_and_no_in_order() {

@@ -15,6 +15,7 @@ mod image;
 pub mod lab;
 pub mod netns;
 pub mod ring;
+pub mod roundtrip;
 pub mod setup;
 pub mod stream_lab;
 pub mod udp_lab;
