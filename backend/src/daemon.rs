@@ -178,6 +178,17 @@ fn serve_one(
     metrics: &Metrics,
     listener: &mut Listener,
 ) -> Result<Vec<Box<dyn Attachment>>, DaemonError> {
+    serve_connection(spec, attachments, metrics, || accept(listener))
+}
+
+/// Serves the frontend that `accept` returns until it disconnects (the
+/// device exists before the frontend connects, as it always has).
+pub(crate) fn serve_connection(
+    spec: &DeviceSpec,
+    attachments: Vec<Box<dyn Attachment>>,
+    metrics: &Metrics,
+    accept: impl FnOnce() -> Result<UnixStream, DaemonError>,
+) -> Result<Vec<Box<dyn Attachment>>, DaemonError> {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let device = Arc::new(
         NetDevice::new(spec.clone(), attachments, metrics, mem.clone())
@@ -185,7 +196,7 @@ fn serve_one(
     );
     let mut daemon = VhostUserDaemon::new("zcnet-vhost-user".to_owned(), device.clone(), mem)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
-    let front = accept(listener)?;
+    let front = accept()?;
     // The handler gets the far end of a private connection; the relay
     // carries messages between it and the frontend (see frontend_relay).
     let (mut private, back) = private_connection().map_err(DaemonError::Relay)?;

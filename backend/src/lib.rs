@@ -14,6 +14,9 @@ mod datapath;
 mod device;
 mod features;
 mod frontend_relay;
+/// The fuzz targets' entry points (see `backend/fuzz/`); not an interface.
+#[doc(hidden)]
+pub mod fuzzing;
 mod guest_errors;
 pub mod intercept;
 mod iovec;

@@ -40,7 +40,7 @@
 
 mod conn;
 mod ids;
-mod records;
+pub(crate) mod records;
 mod send;
 
 use std::io;
