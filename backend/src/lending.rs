@@ -44,13 +44,61 @@ pub struct LendPolicy {
 const COPIED_STREAK: u32 = 16;
 const BACKOFF_FRAMES: u32 = 4096;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Pending {
     head: u16,
     first_id: u32,
     ids: u32,
     /// Ids of this chain not yet completed.
     left: u32,
+    /// Which ids notifications have covered, as sorted, disjoint,
+    /// half-open ranges of offsets from `first_id`. Empty (no allocation)
+    /// until a notification covers only part of the chain: the usual
+    /// notification covers whole chains and never touches it. Kept so that
+    /// an id covered twice (a repeated or overlapping range) counts once.
+    covered: Vec<(u64, u64)>,
+}
+
+impl Pending {
+    /// Marks the chain's ids in `first..first + span + 1` (ids wrap at
+    /// 2^32) covered; returns how many of them were not covered before.
+    fn cover(&mut self, first: u32, span: u32) -> u32 {
+        const WRAP: u64 = 1 << 32;
+        let ids = u64::from(self.ids);
+        // The notification as offsets from our first id: [start, end),
+        // with end up to 2^33 when the range wraps past our first id.
+        let start = u64::from(first.wrapping_sub(self.first_id));
+        let end = start + u64::from(span) + 1;
+        let mut hits = [
+            (start, end.min(ids)),
+            (0, end.saturating_sub(WRAP).min(ids)),
+        ];
+        if self.covered.is_empty() && hits.iter().any(|&(a, b)| a == 0 && b == ids) {
+            // The whole chain at once: the common case.
+            let newly = self.left;
+            self.left = 0;
+            return newly;
+        }
+        let before: u64 = self.covered.iter().map(|&(a, b)| b - a).sum();
+        for hit in &mut hits {
+            if hit.0 < hit.1 {
+                self.covered.push(*hit);
+            }
+        }
+        self.covered.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.covered.len());
+        for &(a, b) in &self.covered {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        self.covered = merged;
+        let after: u64 = self.covered.iter().map(|&(a, b)| b - a).sum();
+        // `after <= ids`, which fits a u32.
+        self.left = (ids - after) as u32;
+        (after - before) as u32
+    }
 }
 
 /// Why a frame was copied although lending was possible.
@@ -118,22 +166,22 @@ impl Lending {
             first_id,
             ids,
             left: ids,
+            covered: Vec::new(),
         });
         self.max_lent = self.max_lent.max(self.pending.len());
     }
 
     /// Applies one notification; appends the heads of the chains it
-    /// finished to `done`. Returns how many ids it covered that belong to
-    /// chains zcnet still holds.
+    /// finished to `done`. Returns how many ids it covered, not covered
+    /// before, that belong to chains zcnet still holds. An id covered again
+    /// (a repeated or overlapping range) does not count twice, so a chain
+    /// never comes back before every one of its ids was covered.
     pub fn complete(&mut self, c: Completion, pair: usize, done: &mut Vec<u16>) -> u64 {
         let span = c.last.wrapping_sub(c.first);
         let mut covered = 0u64;
         for p in &mut self.pending {
-            for i in 0..p.ids {
-                if p.first_id.wrapping_add(i).wrapping_sub(c.first) <= span {
-                    p.left = p.left.saturating_sub(1);
-                    covered += 1;
-                }
+            if p.left > 0 {
+                covered += u64::from(p.cover(c.first, span));
             }
         }
         self.pending.retain(|p| {
@@ -171,6 +219,9 @@ impl Lending {
         n
     }
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
