@@ -23,9 +23,11 @@ mod iovec;
 mod lending;
 mod metrics;
 mod net_intercept;
+mod privileges;
 mod queue_pair;
 mod ring;
 mod rx;
+mod socket_path;
 mod tx;
 mod vhost_message;
 
