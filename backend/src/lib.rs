@@ -25,6 +25,7 @@ mod metrics;
 mod net_intercept;
 mod privileges;
 mod queue_pair;
+mod request_checks;
 mod ring;
 mod rx;
 mod socket_path;
