@@ -1,7 +1,8 @@
 //! The fuzz targets' committed corpus (`backend/fuzz/corpus/<target>/`),
 //! replayed on stable through the very functions the targets call: the
-//! seeds (valid inputs, `backend/fuzz/seeds.py`) and a `crash-*` file for
-//! every crash the fuzzer found, which must not crash again.
+//! seeds (valid inputs, `backend/fuzz/seeds.py`), a `crash-*` file for
+//! every crash the fuzzer found in zcnet, which must not crash again, and
+//! a `harness-*` file for every input that broke a target's own harness.
 
 use std::fs;
 use std::path::Path;
