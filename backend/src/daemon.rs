@@ -258,6 +258,7 @@ pub(crate) fn serve_connection(
     }
     // The workers are gone: the attachments come back for the next one.
     drop(daemon);
+    device.close_leaked_exit_events();
     Ok(device.take_attachments())
 }
 

@@ -12,6 +12,7 @@ mod control;
 pub mod daemon;
 mod datapath;
 mod device;
+mod exit_events;
 mod features;
 mod frontend_relay;
 /// The fuzz targets' entry points (see `backend/fuzz/`); not an interface.
