@@ -18,8 +18,9 @@ seconds="${ZCNET_FUZZ_SECONDS:-20}"
 targets=(descriptor_chains vnet_hdr records vxlan vhost_messages vhost_daemon)
 banner() { printf '\n==== %s ====\n' "$*"; }
 
-banner "fuzz corpus replay on stable (cargo test -p zcnet --test fuzz_corpus)"
-cargo test -p zcnet --test fuzz_corpus
+banner "fuzz corpus replay on stable (cargo test --release -p zcnet --test fuzz_corpus)"
+# --release: the profile ci/test.sh builds, so nothing is built twice.
+cargo test --release -p zcnet --test fuzz_corpus
 
 if ! nightly=$(cargo +nightly --version 2>/dev/null); then
     banner "MODE: CORPUS REPLAY ONLY -- no nightly toolchain ('cargo +nightly --version' failed), so the fuzz targets did NOT run"

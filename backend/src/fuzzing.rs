@@ -77,6 +77,8 @@ fn guest_memory(u: &mut Unstructured) -> Option<Mem> {
 ///   descriptors, indirect tables, ring entries, anything. Written after
 ///   the heads, so they can overwrite them.
 ///
+/// With `ZCNET_FUZZ_DEBUG` set, each chain's result goes to stderr.
+///
 /// Checks: every chain either fails and leaves the list as it was, or
 /// adds iovecs that lie wholly inside one region of guest memory, whose
 /// lengths add up to the length returned, within the limits asked for.
@@ -137,7 +139,11 @@ pub fn descriptor_chains(data: &[u8]) {
             break;
         };
         let (segments, len) = (iov.segments(), iov.len());
-        match iov.push_chain(chain, &mem, direction, min_len, max_len, max_descriptors) {
+        let result = iov.push_chain(chain, &mem, direction, min_len, max_len, max_descriptors);
+        if std::env::var_os("ZCNET_FUZZ_DEBUG").is_some() {
+            eprintln!("chain: {result:?}");
+        }
+        match result {
             Ok(n) => {
                 let new = &iov.iovecs()[segments..];
                 let sum: usize = new.iter().map(|v| v.iov_len).sum();
