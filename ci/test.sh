@@ -36,6 +36,9 @@ cargo build --workspace --release --all-targets
 step "unit and integration tests (real tap, real vhost-user socket, memfd guest memory)"
 cargo test --workspace --release --exclude guest-tests
 
+step "fuzz targets (corpus replay on stable; 20 s per target when nightly is installed)"
+bash ci/fuzz.sh
+
 step "benchmark command, --quick (shows it runs; timing is never asserted)"
 cargo run --release -p zcnet-bench -- --quick
 

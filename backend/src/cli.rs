@@ -76,6 +76,10 @@ pub struct Args {
     /// Serve Prometheus metrics on ADDR:PORT, e.g. 127.0.0.1:9500.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Started as root: become this user, keeping no capabilities, once
+    /// the tap, the socket and the metrics listener are open.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
 }
 
 /// Where the guest's frames go.
@@ -112,6 +116,8 @@ pub struct Config {
     pub mac: [u8; 6],
     pub mtu: Option<u16>,
     pub metrics: Option<SocketAddr>,
+    /// `--user`: who to become once everything privileged is open.
+    pub user: Option<String>,
 }
 
 /// What is wrong with the arguments, and how to fix it.
@@ -238,6 +244,7 @@ impl TryFrom<Args> for Config {
             mac,
             mtu,
             metrics: a.metrics,
+            user: a.user,
         })
     }
 }

@@ -25,6 +25,8 @@ use crate::frontend_relay;
 use crate::lending::{LendPolicy, ZeroCopyMode};
 use crate::metrics::{self, Metrics, ServeError};
 use crate::net_intercept::NetIntercept;
+use crate::privileges::{self, PrivilegeError};
+use crate::socket_path::{self, Claim, SocketPathError};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -38,12 +40,10 @@ pub enum DaemonError {
     Stream(#[from] StreamError),
     #[error(transparent)]
     Metrics(#[from] ServeError),
-    #[error("cannot listen on {path}")]
-    Listen {
-        path: String,
-        #[source]
-        source: vhost::vhost_user::Error,
-    },
+    #[error(transparent)]
+    SocketPath(#[from] SocketPathError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
     #[error("cannot create the per-connection device")]
     Device(#[source] std::io::Error),
     #[error("vhost-user daemon failed")]
@@ -66,23 +66,41 @@ pub struct BackendError(vhost_user_backend::Error);
 
 /// Runs the daemon until SIGTERM or SIGINT (which exit the process) or a
 /// fatal error.
+///
+/// Everything privileged happens first, on this thread: the socket path
+/// is checked (a live daemon there means refusing to start, before the
+/// tap is touched), the attachments, the metrics listener and the
+/// vhost-user listener are opened, and with `--user` zcnet becomes that
+/// user. Only then does any other thread start (see [`crate::privileges`]).
 pub fn run(config: Config) -> Result<(), DaemonError> {
-    control::start(config.socket_path.clone())?;
+    let control = control::prepare()?;
+    let user = config.user.as_deref().map(privileges::lookup).transpose()?;
+    socket_path::check_free(&config.socket_path)?;
 
     let mut attachments = open_attachments(&config)?;
     let offloads = attachments[0].supported_offloads();
 
     let metrics = Arc::new(Metrics::new(config.queue_pairs));
-    if let Some(addr) = config.metrics {
-        metrics::serve(addr, metrics.clone())?;
-    }
+    let metrics_listener = config.metrics.map(metrics::bind).transpose()?;
 
     let path = config.socket_path.display().to_string();
-    let mut listener =
-        Listener::new(&config.socket_path, true).map_err(|source| DaemonError::Listen {
-            path: path.clone(),
-            source,
-        })?;
+    let listener = socket_path::bind(&config.socket_path)?;
+    if let Some(user) = &user {
+        user.chown(&config.socket_path)?;
+    }
+    let claim = Claim::record(&config.socket_path)?;
+    control.own_socket(claim.clone());
+    // A fatal error below removes the socket file (if still ours) on the
+    // way out; SIGTERM and SIGINT do it in the control thread.
+    let _claim = ReleaseOnDrop(claim);
+    if let Some(user) = &user {
+        user.switch()?;
+    }
+    control.start()?;
+    if let Some(l) = metrics_listener {
+        metrics::serve(l, metrics.clone())?;
+    }
+    let mut listener = Listener::from(listener);
     let spec = DeviceSpec {
         mac: config.mac,
         mtu: config.mtu,
@@ -99,6 +117,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     loop {
         attachments = serve_one(&spec, attachments, &metrics, &mut listener)?;
         info!("frontend disconnected; waiting for the next connection on {path}");
+    }
+}
+
+/// Releases the socket path when the daemon returns with an error.
+struct ReleaseOnDrop(Claim);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
@@ -178,6 +205,17 @@ fn serve_one(
     metrics: &Metrics,
     listener: &mut Listener,
 ) -> Result<Vec<Box<dyn Attachment>>, DaemonError> {
+    serve_connection(spec, attachments, metrics, || accept(listener))
+}
+
+/// Serves the frontend that `accept` returns until it disconnects (the
+/// device exists before the frontend connects, as it always has).
+pub(crate) fn serve_connection(
+    spec: &DeviceSpec,
+    attachments: Vec<Box<dyn Attachment>>,
+    metrics: &Metrics,
+    accept: impl FnOnce() -> Result<UnixStream, DaemonError>,
+) -> Result<Vec<Box<dyn Attachment>>, DaemonError> {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let device = Arc::new(
         NetDevice::new(spec.clone(), attachments, metrics, mem.clone())
@@ -185,7 +223,7 @@ fn serve_one(
     );
     let mut daemon = VhostUserDaemon::new("zcnet-vhost-user".to_owned(), device.clone(), mem)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
-    let front = accept(listener)?;
+    let front = accept()?;
     // The handler gets the far end of a private connection; the relay
     // carries messages between it and the frontend (see frontend_relay).
     let (mut private, back) = private_connection().map_err(DaemonError::Relay)?;
@@ -220,6 +258,7 @@ fn serve_one(
     }
     // The workers are gone: the attachments come back for the next one.
     drop(daemon);
+    device.close_leaked_exit_events();
     Ok(device.take_attachments())
 }
 

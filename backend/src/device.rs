@@ -10,13 +10,12 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use zcnet_tap::{Attachment, Offloads};
 
 use crate::config_space::NetConfigSpace;
 use crate::datapath::Vring;
+use crate::exit_events::ExitEvents;
 use crate::features::{self, Negotiated};
 use crate::iovec::Mem;
 use crate::lending::LendPolicy;
@@ -46,6 +45,7 @@ pub struct NetDevice {
     spec: DeviceSpec,
     config: NetConfigSpace,
     offered: u64,
+    exit_events: ExitEvents,
 }
 
 impl NetDevice {
@@ -74,7 +74,14 @@ impl NetDevice {
             mem,
             spec,
             config,
+            exit_events: ExitEvents::default(),
         })
+    }
+
+    /// Closes the exit events' descriptors vhost-user-backend leaks (see
+    /// `exit_events`); call it after the `VhostUserDaemon` is dropped.
+    pub fn close_leaked_exit_events(&self) {
+        self.exit_events.close_leaked();
     }
 
     /// Hands every pair's attachment back, in pair order (call once the
@@ -199,13 +206,7 @@ impl VhostUserBackend for NetDevice {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                warn!("cannot create a worker exit event: {e}");
-                None
-            }
-        }
+        self.exit_events.create()
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

@@ -115,6 +115,11 @@ impl GuestIoVecs {
         self.iov.len()
     }
 
+    /// The iovecs themselves (the fuzz target checks where they point).
+    pub(crate) fn iovecs(&self) -> &[libc::iovec] {
+        &self.iov
+    }
+
     /// Appends every descriptor of `chain`, which must all flow in
     /// `direction`, hold between `min_len` and `max_len` bytes and count at
     /// most `max_descriptors` descriptors (the queue size: virtio 1.x,

@@ -14,17 +14,24 @@ mod datapath;
 #[cfg(test)]
 mod datapath_tests;
 mod device;
+mod exit_events;
 mod features;
 mod frontend_relay;
+/// The fuzz targets' entry points (see `backend/fuzz/`); not an interface.
+#[doc(hidden)]
+pub mod fuzzing;
 mod guest_errors;
 pub mod intercept;
 mod iovec;
 mod lending;
 mod metrics;
 mod net_intercept;
+mod privileges;
 mod queue_pair;
+mod request_checks;
 mod ring;
 mod rx;
+mod socket_path;
 #[cfg(test)]
 mod testing;
 mod tx;

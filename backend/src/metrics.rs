@@ -5,7 +5,7 @@
 //! counting across frontend reconnects.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread;
 
@@ -168,9 +168,23 @@ pub struct ServeError {
     source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// Serves `GET /metrics` on `addr` from a thread of its own.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, ServeError> {
-    let server = tiny_http::Server::http(addr).map_err(|source| ServeError { addr, source })?;
+/// Listens on `addr` for scrapes (served once [`serve`] starts).
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).map_err(|e| ServeError {
+        addr,
+        source: Box::new(e),
+    })
+}
+
+/// Serves `GET /metrics` on `listener` (from [`bind`]) from a thread of
+/// its own.
+pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> Result<SocketAddr, ServeError> {
+    let addr = listener.local_addr().map_err(|e| ServeError {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source: Box::new(e),
+    })?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|source| ServeError { addr, source })?;
     let bound = server.server_addr().to_ip().ok_or_else(|| ServeError {
         addr,
         source: Box::new(io::Error::other("not an IP listener")),

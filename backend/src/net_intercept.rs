@@ -26,6 +26,7 @@ use std::sync::Arc;
 use vhost::vhost_user::message::FrontendReq;
 
 use crate::intercept::{Intercept, Message, Verdict};
+use crate::request_checks::RequestChecks;
 
 /// What the device learns from requests the handler applies.
 pub trait DeviceEvents: Send + Sync {
@@ -46,6 +47,9 @@ pub struct NetIntercept {
     /// `--queue-size`: the largest ring, a power of two.
     max_size: u32,
     device: Arc<dyn DeviceEvents>,
+    /// Sizes, descriptors, ring indices, memory and ring addresses
+    /// (hostile frontends; see `request_checks`).
+    checks: RequestChecks,
 }
 
 impl NetIntercept {
@@ -58,6 +62,7 @@ impl NetIntercept {
             rings: u32::try_from(2 * queue_pairs).unwrap_or(u32::MAX),
             max_size: u32::from(max_queue_size),
             device,
+            checks: RequestChecks::new(queue_pairs, max_queue_size),
         }
     }
 
@@ -115,11 +120,18 @@ impl NetIntercept {
 
 impl Intercept for NetIntercept {
     fn request(&self, req: &Message) -> Verdict {
-        match req.request() {
+        if let Some(refusal) = self.checks.refusal(req) {
+            return refusal;
+        }
+        let verdict = match req.request() {
             Some(FrontendReq::SET_VRING_NUM) => self.vring_num(req),
             Some(FrontendReq::SET_VRING_ENABLE) => self.vring_enable(req),
             _ => Verdict::Forward,
+        };
+        if matches!(verdict, Verdict::Forward) {
+            self.checks.forwarded(req);
         }
+        verdict
     }
 }
 
@@ -233,17 +245,21 @@ mod tests {
     }
 
     #[test]
-    fn other_requests_and_malformed_bodies_go_to_the_handler() {
+    fn other_requests_go_to_the_handler_and_malformed_bodies_are_refused() {
         assert!(matches!(
-            verdict(FrontendReq::SET_VRING_BASE, 9, 100),
+            verdict(FrontendReq::SET_VRING_BASE, 3, 100),
             Verdict::Forward
         ));
+        // Checked ahead of the arms here (request_checks).
         let short = Message::new(
             FrontendReq::SET_VRING_NUM,
             VhostUserHeaderFlag::empty(),
             vec![0; 4],
             Vec::new(),
         );
-        assert!(matches!(intercept(1).request(&short), Verdict::Forward));
+        let why = refusal(intercept(1).request(&short));
+        assert!(why.starts_with("its body is 4 bytes"), "{why}");
+        let why = refusal(verdict(FrontendReq::SET_VRING_BASE, 9, 100));
+        assert!(why.starts_with("ring 9: "), "{why}");
     }
 }

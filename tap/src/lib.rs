@@ -10,6 +10,9 @@
 
 pub mod attachment;
 pub mod frame;
+/// The fuzz targets' entry points (see `backend/fuzz/`); not an interface.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lent_headers;
 pub mod offload;
 pub mod stream;

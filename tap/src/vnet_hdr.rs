@@ -61,6 +61,10 @@ pub enum HdrError {
         offset: u16,
         frame_len: usize,
     },
+    #[error(
+        "GSO checksum at {start}+{offset} ends past the 65535 bytes a header length can cover"
+    )]
+    CsumPastHdrLen { start: u16, offset: u16 },
     #[error("checksum offload asked but the device offered no CSUM")]
     CsumNotNegotiated,
     #[error("unknown header flags {0:#x}")]
@@ -167,7 +171,14 @@ impl VnetHdr {
                 0
             };
             let csum_end = if out.needs_csum() {
-                out.csum_start + out.csum_offset + 2
+                // Inside the frame (checked above), which may be longer
+                // than a u16 can say: a GSO header length cannot cover a
+                // checksum field that ends past 65535 bytes.
+                let end = usize::from(out.csum_start) + usize::from(out.csum_offset) + 2;
+                u16::try_from(end).map_err(|_| HdrError::CsumPastHdrLen {
+                    start: out.csum_start,
+                    offset: out.csum_offset,
+                })?
             } else {
                 0
             };
@@ -265,6 +276,35 @@ mod tests {
         assert_eq!(
             csum.validate(100, &Offloads::default()),
             Err(HdrError::CsumNotNegotiated)
+        );
+    }
+
+    /// Found by the fuzzer (backend/fuzz/corpus/vnet_hdr/crash-*): a GSO
+    /// header whose checksum field ends past 65535 bytes, in a frame that
+    /// long, overflowed the u16 sum that raises `hdr_len` (a panic with
+    /// debug assertions, a wrong `hdr_len` without).
+    #[test]
+    fn a_gso_checksum_past_what_hdr_len_can_cover_is_refused() {
+        let h = VnetHdr {
+            csum_start: 65000,
+            csum_offset: 540,
+            ..gso_hdr(GSO_TCPV4)
+        };
+        assert_eq!(
+            h.validate(MAX_FRAME_LEN, &tso4()),
+            Err(HdrError::CsumPastHdrLen {
+                start: 65000,
+                offset: 540
+            })
+        );
+        let edge = VnetHdr {
+            csum_start: 65000,
+            csum_offset: 533,
+            ..gso_hdr(GSO_TCPV4)
+        };
+        assert_eq!(
+            edge.validate(MAX_FRAME_LEN, &tso4()).unwrap().hdr_len,
+            65535
         );
     }
 

@@ -20,7 +20,19 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub log: PathBuf,
     previous_logs: String,
+    /// A command zcnet runs under, e.g. `setpriv --reuid ...`.
+    wrapper: Vec<String>,
     _dir: tempfile::TempDir,
+}
+
+/// How [`Daemon::start_with`] starts zcnet.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// The socket path (default: `zc.sock` in a fresh temporary directory).
+    pub socket: Option<PathBuf>,
+    /// A program and its arguments that run zcnet (it must exec it, as
+    /// `setpriv` and `ip netns exec` do, so the child's pid is zcnet's).
+    pub wrapper: Vec<String>,
 }
 
 /// The zcnet binary a [`Daemon`] runs.
@@ -96,8 +108,17 @@ impl Daemon {
 
     /// Starts zcnet with exactly `args` (plus its socket and metrics).
     pub fn start_args(bin: &ZcnetBin, ns: &NetNs, args: &[&str]) -> Daemon {
+        Daemon::start_with(bin, ns, &Launch::default(), args)
+    }
+
+    /// Starts zcnet with exactly `args` (plus its socket and metrics), as
+    /// `launch` says.
+    pub fn start_with(bin: &ZcnetBin, ns: &NetNs, launch: &Launch, args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("zc.sock");
+        let socket = launch
+            .socket
+            .clone()
+            .unwrap_or_else(|| dir.path().join("zc.sock"));
         let log = dir.path().join("zcnet.log");
         let mut d = Daemon {
             bin: bin.clone(),
@@ -105,6 +126,7 @@ impl Daemon {
             socket,
             log,
             previous_logs: String::new(),
+            wrapper: launch.wrapper.clone(),
             _dir: dir,
         };
         d.spawn(ns, args);
@@ -112,10 +134,18 @@ impl Daemon {
     }
 
     fn spawn(&mut self, ns: &NetNs, args: &[&str]) {
+        let stale = file_id(&self.socket);
         let logfile = fs::File::create(&self.log).expect("log file");
         let metrics = format!("127.0.0.1:{METRICS_PORT}");
-        let child = ns
-            .command(self.bin.path())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = ns.command(program);
+                c.args(wrapper_args).arg(self.bin.path());
+                c
+            }
+            None => ns.command(self.bin.path()),
+        };
+        let child = command
             .arg("--socket-path")
             .arg(&self.socket)
             .args(["--metrics", &metrics])
@@ -126,13 +156,14 @@ impl Daemon {
             .spawn()
             .expect("spawn zcnet");
         self.child = Some(child);
-        self.wait_listening();
+        self.wait_listening(stale);
     }
 
-    /// Waits (bounded) until the socket accepts a connection. The probe
-    /// connection closes at once, which the daemon treats as a frontend
-    /// that left; it then listens again.
-    fn wait_listening(&mut self) {
+    /// Waits (bounded) until zcnet has bound its socket: a socket file
+    /// that was not there before the spawn (a stale one left by a killed
+    /// daemon does not count; zcnet replaces it). No probe connection is
+    /// made, which the daemon would take for a frontend.
+    fn wait_listening(&mut self, stale: Option<FileId>) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self
@@ -142,8 +173,10 @@ impl Daemon {
             {
                 panic!("zcnet exited early with {status}:\n{}", self.log_text());
             }
-            if self.socket.exists() {
-                return;
+            if let Some(now) = file_id(&self.socket) {
+                if Some(now) != stale {
+                    return;
+                }
             }
             assert!(
                 Instant::now() < deadline,
@@ -247,6 +280,17 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
         }
     }
+}
+
+/// Which file is at a path: device, inode and change time (an inode
+/// number alone may be reused at once).
+type FileId = (u64, u64, i64, i64);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// The value on the line of a scrape that starts with `prefix` (the

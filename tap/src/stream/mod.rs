@@ -52,7 +52,7 @@
 
 mod conn;
 mod ids;
-mod records;
+pub(crate) mod records;
 mod retiring;
 mod send;
 

@@ -21,9 +21,9 @@ use crate::vnet_hdr::{HdrError, VnetHdr, MIN_FRAME_LEN};
 use crate::Offloads;
 
 /// Length of the record prefix.
-pub(super) const PREFIX_LEN: usize = 4;
+pub(crate) const PREFIX_LEN: usize = 4;
 
-pub(super) struct RecordBuf {
+pub(crate) struct RecordBuf {
     buf: Box<[u8]>,
     /// `buf[start..end]` holds bytes read and not yet consumed.
     start: usize,
@@ -34,7 +34,7 @@ pub(super) struct RecordBuf {
 
 /// What the buffer holds at its front.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Next {
+pub(crate) enum Next {
     /// A whole record; its body (after the prefix) is at this range.
     Record(Range<usize>),
     /// Not a whole record yet: read more.
@@ -45,7 +45,7 @@ pub(super) enum Next {
 
 impl RecordBuf {
     /// A buffer for records whose body is at most `max_body` bytes.
-    pub(super) fn new(max_body: usize) -> Self {
+    pub(crate) fn new(max_body: usize) -> Self {
         let room = PREFIX_LEN + max_body;
         RecordBuf {
             buf: vec![0u8; 4 * room].into_boxed_slice(),
@@ -56,7 +56,7 @@ impl RecordBuf {
     }
 
     /// The record at the front, if whole.
-    pub(super) fn next(&self) -> Next {
+    pub(crate) fn next(&self) -> Next {
         Self::parse(&self.buf[self.start..self.end], self.room - PREFIX_LEN).map_or(
             Next::Partial,
             |r| match r {
@@ -77,12 +77,12 @@ impl RecordBuf {
         (bytes.len() >= PREFIX_LEN + len).then_some(Ok(PREFIX_LEN..PREFIX_LEN + len))
     }
 
-    pub(super) fn body(&self, body: Range<usize>) -> &[u8] {
+    pub(crate) fn body(&self, body: Range<usize>) -> &[u8] {
         &self.buf[body]
     }
 
     /// Drops the record whose body is `body` (from [`next`](Self::next)).
-    pub(super) fn consume(&mut self, body: Range<usize>) {
+    pub(crate) fn consume(&mut self, body: Range<usize>) {
         debug_assert_eq!(body.start, self.start + PREFIX_LEN);
         self.start = body.end;
         if self.start == self.end {
@@ -93,7 +93,7 @@ impl RecordBuf {
 
     /// Reads once from `src` into the free room (compacting first when
     /// less than a whole record fits). Returns what `read` returned.
-    pub(super) fn fill(&mut self, mut src: impl Read) -> io::Result<usize> {
+    pub(crate) fn fill(&mut self, mut src: impl Read) -> io::Result<usize> {
         if self.buf.len() - self.end < self.room {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -107,7 +107,7 @@ impl RecordBuf {
     /// Drops the bytes behind the last whole record (a connection ended
     /// in the middle of one, or sent a broken length): the whole records
     /// before them still go to the guest.
-    pub(super) fn trim_partial(&mut self) {
+    pub(crate) fn trim_partial(&mut self) {
         let max_body = self.room - PREFIX_LEN;
         let mut at = self.start;
         while let Some(Ok(body)) = Self::parse(&self.buf[at..self.end], max_body) {

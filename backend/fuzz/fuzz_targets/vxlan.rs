@@ -1,0 +1,4 @@
+#![no_main]
+//! See `zcnet_tap::fuzzing::vxlan` for the input layout and the checks.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| zcnet_tap::fuzzing::vxlan(data));
