@@ -285,9 +285,9 @@ impl Track {
             }
             Plan::Unrecoverable { chains, why } => {
                 error!(
-                    "queue {queue}: zcnet restarted, but {what} does not fit the ring: {why}. \
-                     {chains} chains it had in flight cannot be returned to the guest; starting \
-                     at the frontend's base {base}"
+                    "queue {queue}: its ring was running when the last connection ended, but \
+                     {what} does not fit the ring now: {why}. {chains} chains it had in flight \
+                     cannot be returned to the guest; starting at the frontend's base {base}"
                 );
                 started.lost = chains as u64;
                 record.begin(now.id, used_idx);
@@ -311,9 +311,10 @@ impl Track {
                     }
                 };
                 info!(
-                    "queue {queue}: resuming after zcnet restarted, from {what}: {done}; next \
-                     avail index {next} (the frontend's base was {base}, the used index is \
-                     {used_idx}{})",
+                    "queue {queue}: its ring was running when the last connection ended (zcnet \
+                     was killed, or the frontend left without stopping it); resuming from \
+                     {what}: {done}; next avail index {next} (the frontend's base was {base}, \
+                     the used index is {used_idx}{})",
                     if r.fixed.is_empty() {
                         String::new()
                     } else {
