@@ -71,8 +71,9 @@ pub fn open(path: &Path, geometry: Geometry) -> Result<Arc<Record>, LedgerError>
     }
     if found != 0 {
         info!(
-            "{what} was written for another queue count or size ({found} bytes, {len} expected): \
-             starting it afresh"
+            "{what} does not hold a record of {} queues of {} entries ({found} bytes, {len} for \
+             one): starting it afresh",
+            geometry.num_queues, geometry.queue_size
         );
     }
     // Truncating first zeroes whatever was there.
