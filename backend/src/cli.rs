@@ -80,6 +80,11 @@ pub struct Args {
     /// the tap, the socket and the metrics listener are open.
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
+    /// Directory of the in-flight ledger (SOCKET.inflight, named after the
+    /// socket file), which a restart after a crash reads to return every
+    /// chain exactly once (default: the socket's directory).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Where the guest's frames go.
@@ -118,6 +123,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// `--user`: who to become once everything privileged is open.
     pub user: Option<String>,
+    /// The in-flight ledger's file.
+    pub ledger: PathBuf,
 }
 
 /// What is wrong with the arguments, and how to fix it.
@@ -152,6 +159,10 @@ pub enum ConfigError {
     OneQueuePair(&'static str, usize),
     #[error("--socket-path {0:?}: the directory {1:?} does not exist")]
     SocketDir(PathBuf, PathBuf),
+    #[error("--state-dir {0:?}: not a directory; create it or point it at one")]
+    StateDir(PathBuf),
+    #[error("--socket-path {0:?}: name the socket file, not a directory")]
+    SocketName(PathBuf),
 }
 
 impl TryFrom<Args> for Config {
@@ -233,7 +244,22 @@ impl TryFrom<Args> for Config {
                 ));
             }
         }
+        let Some(socket_name) = a.socket_path.file_name() else {
+            return Err(ConfigError::SocketName(a.socket_path));
+        };
+        let mut ledger_name = socket_name.to_owned();
+        ledger_name.push(".inflight");
+        let state_dir = match a.state_dir {
+            Some(dir) if !dir.is_dir() => return Err(ConfigError::StateDir(dir)),
+            Some(dir) => dir,
+            None => a
+                .socket_path
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+        };
         Ok(Config {
+            ledger: state_dir.join(ledger_name),
             socket_path: a.socket_path,
             attachment,
             zerocopy: a.zerocopy,
@@ -305,6 +331,17 @@ mod tests {
         argv.extend_from_slice(extra);
         let a = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
         Config::try_from(a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_ledger_is_named_after_the_socket_in_the_state_dir() {
+        let c = args(&[]).unwrap();
+        assert_eq!(c.ledger, PathBuf::from("/tmp/zc.sock.inflight"));
+        let c = args(&["--state-dir", "/"]).unwrap();
+        assert_eq!(c.ledger, PathBuf::from("/zc.sock.inflight"));
+        assert!(args(&["--state-dir", "/no/such/dir"])
+            .unwrap_err()
+            .contains("--state-dir \"/no/such/dir\": not a directory"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::cli::{AttachmentConfig, Config};
 use crate::control::{self, ControlError};
 use crate::device::{DeviceSpec, NetDevice};
 use crate::frontend_relay;
+use crate::inflight::{self, Geometry, LedgerError, Record, Session};
 use crate::lending::{LendPolicy, ZeroCopyMode};
 use crate::metrics::{self, Metrics, ServeError};
 use crate::net_intercept::NetIntercept;
@@ -57,6 +59,8 @@ pub enum DaemonError {
     Relay(#[source] std::io::Error),
     #[error("cannot add the attachment to the queue workers")]
     Register(#[source] std::io::Error),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 /// vhost-user-backend's error, which lacks `std::error::Error`.
@@ -82,6 +86,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     let metrics = Arc::new(Metrics::new(config.queue_pairs));
     let metrics_listener = config.metrics.map(metrics::bind).transpose()?;
+
+    let ledger = open_ledger(&config.ledger, config.queue_pairs, config.queue_size)?;
 
     let path = config.socket_path.display().to_string();
     let listener = socket_path::bind(&config.socket_path)?;
@@ -115,7 +121,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     };
     info!("listening for a vhost-user frontend on {path}");
     loop {
-        attachments = serve_one(&spec, attachments, &metrics, &mut listener)?;
+        attachments = serve_one(&spec, attachments, &metrics, &ledger, &mut listener)?;
         info!("frontend disconnected; waiting for the next connection on {path}");
     }
 }
@@ -127,6 +133,17 @@ impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
         self.0.release();
     }
+}
+
+/// The ledger for two rings per queue pair of at most `queue_size`
+/// entries (see `inflight`).
+fn open_ledger(path: &Path, pairs: usize, queue_size: u16) -> Result<Arc<Record>, DaemonError> {
+    let geometry = Geometry {
+        // At most 2 * MAX_QUEUE_PAIRS rings.
+        num_queues: u16::try_from(2 * pairs).unwrap_or(u16::MAX),
+        queue_size,
+    };
+    Ok(inflight::open_ledger(path, geometry)?)
 }
 
 /// The most TX chains a queue lends at once (also at most a quarter of
@@ -203,9 +220,10 @@ fn serve_one(
     spec: &DeviceSpec,
     attachments: Vec<Box<dyn Attachment>>,
     metrics: &Metrics,
+    ledger: &Arc<Record>,
     listener: &mut Listener,
 ) -> Result<Vec<Box<dyn Attachment>>, DaemonError> {
-    serve_connection(spec, attachments, metrics, || accept(listener))
+    serve_connection(spec, attachments, metrics, ledger, || accept(listener))
 }
 
 /// Serves the frontend that `accept` returns until it disconnects (the
@@ -214,12 +232,25 @@ pub(crate) fn serve_connection(
     spec: &DeviceSpec,
     attachments: Vec<Box<dyn Attachment>>,
     metrics: &Metrics,
+    ledger: &Arc<Record>,
     accept: impl FnOnce() -> Result<UnixStream, DaemonError>,
 ) -> Result<Vec<Box<dyn Attachment>>, DaemonError> {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let rings = 2 * attachments.len();
+    let session = Arc::new(Session::new(
+        ledger.clone(),
+        u16::try_from(rings).unwrap_or(u16::MAX),
+        spec.queue_size,
+    ));
     let device = Arc::new(
-        NetDevice::new(spec.clone(), attachments, metrics, mem.clone())
-            .map_err(DaemonError::Device)?,
+        NetDevice::new(
+            spec.clone(),
+            attachments,
+            metrics,
+            mem.clone(),
+            session.clone(),
+        )
+        .map_err(DaemonError::Device)?,
     );
     let mut daemon = VhostUserDaemon::new("zcnet-vhost-user".to_owned(), device.clone(), mem)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
@@ -231,11 +262,10 @@ pub(crate) fn serve_connection(
         .start(&mut private)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
     drop(private);
-    let intercept = Arc::new(NetIntercept::new(
-        device.queue_pairs(),
-        spec.queue_size,
-        device.clone(),
-    ));
+    let intercept = Arc::new(
+        NetIntercept::new(device.queue_pairs(), spec.queue_size, device.clone())
+            .with_inflight(session),
+    );
     let relay = frontend_relay::start(front, back, intercept).map_err(DaemonError::Relay)?;
     metrics.connections.inc();
     info!("frontend connected ({} queue pairs)", device.queue_pairs());

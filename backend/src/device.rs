@@ -17,6 +17,7 @@ use crate::config_space::NetConfigSpace;
 use crate::datapath::Vring;
 use crate::exit_events::ExitEvents;
 use crate::features::{self, Negotiated};
+use crate::inflight::Session;
 use crate::iovec::Mem;
 use crate::lending::LendPolicy;
 use crate::metrics::Metrics;
@@ -56,11 +57,15 @@ impl NetDevice {
         attachments: Vec<Box<dyn Attachment>>,
         metrics: &Metrics,
         mem: GuestMemoryAtomic<Mem>,
+        inflight: Arc<Session>,
     ) -> io::Result<Self> {
         let pairs = attachments
             .into_iter()
             .enumerate()
-            .map(|(i, a)| QueuePair::new(i, a, metrics.queue(i), spec.lend, spec.drain))
+            .map(|(i, a)| {
+                let session = inflight.clone();
+                QueuePair::new(i, a, metrics.queue(i), spec.lend, spec.drain, session)
+            })
             .collect::<io::Result<Vec<_>>>()?;
         // No pair takes frames until the frontend enables it (see
         // `set_vring_enabled`).

@@ -57,11 +57,14 @@ pub fn offered(tap: Offloads, mtu: bool) -> u64 {
 ///
 /// NET_MTU is not offered: the vhost crate cannot dispatch NET_SET_MTU, so
 /// QEMU (which only sends it when NET_MTU is negotiated) never sends it.
+/// INFLIGHT_SHMFD is answered by zcnet's interceptor (`inflight`), not by
+/// vhost-user-backend, which only stubs it.
 pub fn protocol() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
 }
 
 /// What a negotiated feature set means for one connection's datapath.

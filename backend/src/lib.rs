@@ -4,7 +4,9 @@
 //! socket. Each queue pair ([`queue_pair`]) carries frames between its two
 //! virtqueues and a host attachment: the TX path ([`tx`]) sends straight
 //! from guest memory, the RX path ([`rx`]) receives straight into it, and
-//! [`iovec`] is the one place where descriptors become iovecs.
+//! [`iovec`] is the one place where descriptors become iovecs. `inflight`
+//! keeps the record that makes a restart after a crash return every chain
+//! exactly once.
 
 pub mod cli;
 mod config_space;
@@ -21,6 +23,7 @@ mod frontend_relay;
 #[doc(hidden)]
 pub mod fuzzing;
 mod guest_errors;
+mod inflight;
 pub mod intercept;
 mod iovec;
 mod lending;

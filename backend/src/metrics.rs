@@ -36,6 +36,8 @@ pub struct QueueMetrics {
     pub zc_copy_fallbacks: Counter,
     pub lent_chains: Gauge,
     pub lent_chains_max: Gauge,
+    pub restart_recovered: Counter,
+    pub restart_lost: Counter,
 }
 
 /// The daemon's metrics registry.
@@ -99,6 +101,16 @@ impl Metrics {
             "zcnet_tx_copy_fallbacks",
             "Frames copied that could have been lent (cap reached, auto back-off, ENOBUFS)",
         );
+        let recovered = family(
+            "zcnet_restart_recovered_chains",
+            "Chains in flight when zcnet last stopped without the frontend stopping its rings \
+             (a crash): TX chains returned without being sent again, RX buffers used again",
+        );
+        let lost = family(
+            "zcnet_restart_lost_chains",
+            "Chains in flight when zcnet last stopped that it could not return to the guest \
+             (the ring changed while zcnet was down)",
+        );
         let mut gauge = |name: &str, help: &str| {
             let f = Family::<Labels, Gauge>::default();
             registry.register(name, help, f.clone());
@@ -130,6 +142,8 @@ impl Metrics {
                     zc_copy_fallbacks: zc_fallbacks.get_or_create(&l).clone(),
                     lent_chains: lent.get_or_create(&l).clone(),
                     lent_chains_max: lent_max.get_or_create(&l).clone(),
+                    restart_recovered: recovered.get_or_create(&l).clone(),
+                    restart_lost: lost.get_or_create(&l).clone(),
                 }
             })
             .collect();

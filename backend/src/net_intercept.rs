@@ -1,6 +1,7 @@
 //! zcnet's own handling of frontend requests, ahead of vhost-user-backend's
-//! handler (see [`crate::intercept`]). Today it checks ring sizes and ring
-//! indices; everything else is forwarded.
+//! handler (see [`crate::intercept`]). It checks ring sizes and ring
+//! indices and answers GET/SET_INFLIGHT_FD (see `crate::inflight`);
+//! everything else is forwarded.
 //!
 //! **SET_VRING_NUM.** A split ring's size is always a power of two (virtio
 //! 1.x, "Split Virtqueues"), and zcnet's rings are at most `--queue-size`
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use vhost::vhost_user::message::FrontendReq;
 
+use crate::inflight::Session;
 use crate::intercept::{Intercept, Message, Verdict};
 use crate::request_checks::RequestChecks;
 
@@ -50,6 +52,9 @@ pub struct NetIntercept {
     /// Sizes, descriptors, ring indices, memory and ring addresses
     /// (hostile frontends; see `request_checks`).
     checks: RequestChecks,
+    /// Answers GET/SET_INFLIGHT_FD; without it they go to the handler,
+    /// which refuses them.
+    inflight: Option<Arc<Session>>,
 }
 
 impl NetIntercept {
@@ -63,7 +68,14 @@ impl NetIntercept {
             max_size: u32::from(max_queue_size),
             device,
             checks: RequestChecks::new(queue_pairs, max_queue_size),
+            inflight: None,
         }
+    }
+
+    /// Answers GET/SET_INFLIGHT_FD for `session`'s connection.
+    pub fn with_inflight(mut self, session: Arc<Session>) -> NetIntercept {
+        self.inflight = Some(session);
+        self
     }
 
     fn vring_num(&self, req: &Message) -> Verdict {
@@ -126,6 +138,20 @@ impl Intercept for NetIntercept {
         let verdict = match req.request() {
             Some(FrontendReq::SET_VRING_NUM) => self.vring_num(req),
             Some(FrontendReq::SET_VRING_ENABLE) => self.vring_enable(req),
+            Some(FrontendReq::GET_INFLIGHT_FD) => self
+                .inflight
+                .as_ref()
+                .map_or(Verdict::Forward, |s| s.get_inflight_fd(req)),
+            Some(FrontendReq::SET_INFLIGHT_FD) => self
+                .inflight
+                .as_ref()
+                .map_or(Verdict::Forward, |s| s.set_inflight_fd(req)),
+            Some(FrontendReq::SET_PROTOCOL_FEATURES) => {
+                if let Some(s) = &self.inflight {
+                    s.protocol_features(req);
+                }
+                Verdict::Forward
+            }
             _ => Verdict::Forward,
         };
         if matches!(verdict, Verdict::Forward) {

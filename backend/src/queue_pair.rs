@@ -7,11 +7,12 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
+use virtio_queue::QueueT;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use zcnet_tap::{Attachment, Readiness};
@@ -19,6 +20,7 @@ use zcnet_tap::{Attachment, Readiness};
 use crate::datapath::{Ctx, QueueError, Vring};
 use crate::features::Negotiated;
 use crate::guest_errors::GuestErrorLog;
+use crate::inflight::{Kind, Session};
 use crate::iovec::Mem;
 use crate::lending::LendPolicy;
 use crate::metrics::QueueMetrics;
@@ -80,6 +82,8 @@ pub struct QueuePair {
     rx_resume: EventFd,
     /// How long GET_VRING_BASE waits for lent chains.
     drain: Duration,
+    /// Where the pair's rings keep their in-flight records.
+    inflight: Arc<Session>,
     state: Mutex<PairState>,
 }
 
@@ -90,6 +94,7 @@ impl QueuePair {
         metrics: QueueMetrics,
         lend: LendPolicy,
         drain: Duration,
+        inflight: Arc<Session>,
     ) -> io::Result<Self> {
         Ok(QueuePair {
             index,
@@ -97,6 +102,7 @@ impl QueuePair {
             metrics,
             rx_resume: EventFd::new(EFD_NONBLOCK)?,
             drain,
+            inflight,
             state: Mutex::new(PairState {
                 io: PairIo {
                     attachment: Some(attachment),
@@ -214,6 +220,7 @@ impl QueuePair {
         if st.tx_vring.is_none() {
             st.tx_vring = Some(tx_vring.clone());
         }
+        self.start_rings(st, rx_vring, tx_vring, mem);
         let Some(mut ctx) = self.ctx(&mut st.io) else {
             return;
         };
@@ -259,6 +266,42 @@ impl QueuePair {
                 }
                 Ok(RxStop::Idle) => {}
                 Err(e) => queue_failed(&mut ctx, "RX", &e),
+            }
+        }
+    }
+
+    /// Starts each ring of the pair that is ready and not yet started on
+    /// this connection: after a crash its in-flight record says where it
+    /// resumes (see `inflight`). Done before anything else touches it.
+    fn start_rings(&self, st: &mut PairState, rx_vring: &Vring, tx_vring: &Vring, mem: &Mem) {
+        let rings = [
+            (Kind::Rx, &mut st.rx.ring, rx_vring),
+            (Kind::Tx, &mut st.tx.ring, tx_vring),
+        ];
+        for (kind, ring, vring) in rings {
+            if ring.is_started() {
+                continue;
+            }
+            let mut vs = vring.get_mut();
+            if !vs.get_queue().ready() {
+                continue;
+            }
+            let queue = 2 * self.index + usize::from(kind == Kind::Tx);
+            let queue = u16::try_from(queue).unwrap_or(u16::MAX);
+            match ring.start(&mut vs, mem, &self.inflight, queue, kind) {
+                Ok(started) => {
+                    self.metrics.restart_recovered.inc_by(started.recovered);
+                    self.metrics.restart_lost.inc_by(started.lost);
+                    // Without a call fd yet the guest sees the used
+                    // entries on its next look, and the first notification
+                    // after the start still goes out (`RingState::notify`).
+                    if !started.to_use.is_empty() && vs.get_call().is_some() {
+                        if let Err(e) = ring.notify(&mut vs) {
+                            warn!("queue {queue}: cannot notify the guest: {e}");
+                        }
+                    }
+                }
+                Err(e) => error!("queue {queue}: cannot start it: {e}"),
             }
         }
     }

@@ -144,7 +144,7 @@ pub fn process(
     st.chains.clear();
     let mut stats = Stats::default();
     let result = read_frames(ctx, st, &mut vs, mem, &mut stats);
-    rewind(&mut vs, st.chains.len());
+    st.ring.unpop(&mut vs, st.chains.iter().map(|g| g.head));
     st.iov.clear();
     st.chains.clear();
     ctx.metrics.rx_frames.inc_by(stats.frames);
@@ -301,7 +301,7 @@ fn gather(
                     // Chains are kept before it: put it back, so the rewind
                     // at the end stays contiguous; it is returned when it
                     // comes first.
-                    rewind(vs, 1);
+                    st.ring.unpop(vs, [head].into_iter());
                     return Ok(Gather::Ready);
                 }
             }
@@ -401,10 +401,4 @@ fn deliver_held(
     st.held = None;
     deliver(ctx, st, vs, len, stats)?;
     Ok(true)
-}
-
-/// Gives the last `count` popped chains back to the avail ring.
-fn rewind(vs: &mut VState, count: usize) {
-    let q = vs.get_queue_mut();
-    q.set_next_avail(q.next_avail().wrapping_sub(count as u16));
 }

@@ -16,7 +16,7 @@ use std::io;
 
 use log::debug;
 use vhost_user_backend::VringT;
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use zcnet_tap::vnet_hdr::{VnetHdr, MAX_FRAME_LEN, MIN_FRAME_LEN};
 use zcnet_tap::{Completion, SendMode, Sent};
 
@@ -191,7 +191,7 @@ pub fn process(
                 Outcome::WouldBlock => {
                     // Give the chain back to the avail ring: it is sent
                     // when the attachment reports it is writable again.
-                    vs.get_queue_mut().go_to_previous_position();
+                    st.ring.unpop(&mut vs, [head].into_iter());
                     st.blocked = true;
                     break 'drain;
                 }

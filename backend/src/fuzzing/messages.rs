@@ -266,7 +266,8 @@ pub fn vhost_daemon(data: &[u8]) {
     let mut reader = front.try_clone().expect("clone");
     reader.set_read_timeout(Some(HANG)).expect("timeout");
     thread::scope(|s| {
-        let served = s.spawn(|| serve_connection(&spec, attachments, &metrics, || Ok(daemon_end)));
+        let served =
+            s.spawn(|| serve_connection(&spec, attachments, &metrics, ledger(), || Ok(daemon_end)));
         let writer = s.spawn(move || write_all(front, chunks, false));
         let mut replies = Vec::new();
         match reader.read_to_end(&mut replies) {
@@ -298,4 +299,17 @@ pub fn vhost_daemon(data: &[u8]) {
         assert_eq!(back.len(), PAIRS, "attachments lost");
         writer.join().expect("the writer panicked");
     });
+}
+
+/// One in-flight record for every input of this process, in memory (a
+/// frontend connection needs one, as the daemon's has).
+fn ledger() -> &'static Arc<crate::inflight::Record> {
+    static LEDGER: std::sync::OnceLock<Arc<crate::inflight::Record>> = std::sync::OnceLock::new();
+    LEDGER.get_or_init(|| {
+        let geometry = crate::inflight::Geometry {
+            num_queues: 2 * PAIRS as u16,
+            queue_size: QUEUE_SIZE,
+        };
+        crate::inflight::ledger::in_memory(geometry).expect("a record for the fuzzed daemon")
+    })
 }

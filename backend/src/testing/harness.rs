@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vhost_user_backend::VringT;
@@ -19,6 +20,7 @@ use super::driver::{Guest, GuestQueue, Posted, Used};
 use super::fake::{self, Fake};
 use crate::datapath::Vring;
 use crate::features::Negotiated;
+use crate::inflight::{self, Geometry, Session};
 use crate::iovec::Mem;
 use crate::lending::{LendPolicy, ZeroCopyMode};
 use crate::metrics::QueueMetrics;
@@ -96,12 +98,19 @@ impl Setup {
         let (tx_vring, tx_call) = vring(&mem, &tx, self.event_idx);
         let (attachment, fake) = fake::fake(self.can_lend);
         let metrics = QueueMetrics::default();
+        let geometry = Geometry {
+            num_queues: 2,
+            queue_size: self.queue_size,
+        };
+        let ledger = inflight::ledger::in_memory(geometry).expect("an in-memory in-flight record");
+        let session = Arc::new(Session::new(ledger, 2, self.queue_size));
         let pair = QueuePair::new(
             0,
             Box::new(attachment),
             metrics.clone(),
             self.lend,
             self.drain,
+            session,
         )
         .expect("queue pair");
         let features = Negotiated {

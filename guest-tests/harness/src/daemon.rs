@@ -191,16 +191,43 @@ impl Daemon {
     /// crash would) and starts it again on the same socket path. The old
     /// log is kept for the failure dump.
     pub fn kill_and_restart(&mut self, ns: &NetNs, tap: &str, extra: &[&str]) {
+        let mut args = vec!["--tap", tap];
+        args.extend_from_slice(extra);
+        self.kill_and_restart_args(ns, &args);
+    }
+
+    /// [`kill_and_restart`](Self::kill_and_restart) with exactly `args`
+    /// (plus the socket and metrics), for any attachment.
+    pub fn kill_and_restart_args(&mut self, ns: &NetNs, args: &[&str]) {
+        self.kill();
+        self.restart_args(ns, args);
+    }
+
+    /// Kills zcnet with SIGKILL; it leaves its socket file behind, as a
+    /// crash would. Start it again with
+    /// [`restart_args`](Self::restart_args).
+    pub fn kill(&mut self) {
         let status = self.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
         assert!(!status.success(), "zcnet survived SIGKILL: {status}");
         self.previous_logs.push_str(&self.log_text());
         self.previous_logs
             .push_str("---- (SIGKILL; restarted) ----\n");
+    }
+
+    /// Starts the killed zcnet again on the same socket path with exactly
+    /// `args` (plus the socket and metrics).
+    pub fn restart_args(&mut self, ns: &NetNs, args: &[&str]) {
         // The stale socket file shows the restart when it is replaced.
         fs::remove_file(&self.socket).expect("remove the stale socket");
-        let mut args = vec!["--tap", tap];
-        args.extend_from_slice(extra);
-        self.spawn(ns, &args);
+        self.spawn(ns, args);
+    }
+
+    /// The in-flight ledger zcnet keeps next to its socket (without
+    /// `--state-dir`).
+    pub fn ledger(&self) -> PathBuf {
+        let mut name = self.socket.clone().into_os_string();
+        name.push(".inflight");
+        PathBuf::from(name)
     }
 
     pub fn connect_raw(&self) -> UnixStream {

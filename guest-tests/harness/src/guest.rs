@@ -3,11 +3,12 @@
 //! in it, driven the way QEMU or cloud-hypervisor drive a backend.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -22,6 +23,9 @@ const HOLE_START: u64 = 0xa0000;
 const HOLE_END: u64 = 0xc0000;
 const RINGS_BASE: u64 = 0x10_0000;
 const RING_STRIDE: u64 = 0x1_0000;
+/// Where [`FakeGuest::reconnect_with_new_rings`] lays moved rings out:
+/// past the 64 rings of 32 queue pairs.
+const MOVED_RINGS: u64 = 64;
 const BUFFERS_BASE: u64 = 0x80_0000;
 
 pub const VERSION_1: u64 = 1 << 32;
@@ -77,8 +81,22 @@ impl Default for GuestOpts {
     }
 }
 
+/// Where a frontend restarts each ring after its backend died and came
+/// back (it cannot ask the dead backend with GET_VRING_BASE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingBase {
+    /// The guest's used index, as QEMU's net device does.
+    Used,
+    /// The driver's avail index, as cloud-hypervisor does without IN_ORDER.
+    Avail,
+}
+
 pub struct FakeGuest {
     pub frontend: Frontend,
+    opts: GuestOpts,
+    /// The in-flight region the device handed out (GET_INFLIGHT_FD), kept
+    /// across reconnects as cloud-hypervisor keeps it.
+    inflight: Option<(VhostUserInflight, File)>,
     pub mem: GuestMemoryMmap,
     _memfd: File,
     pub offered: u64,
@@ -103,11 +121,103 @@ impl FakeGuest {
     pub fn connect_with_mem(socket: &Path, opts: &GuestOpts, mem_size: u64) -> FakeGuest {
         let mut g = Self::negotiate_with_mem(socket, opts, mem_size);
         g.set_mem_table();
+        if g.protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        {
+            g.get_inflight_region();
+            g.set_inflight_region();
+        }
         for q in 0..2 * opts.pairs {
             g.start_ring(q, opts.queue_size);
         }
         g.sync();
         g
+    }
+
+    /// GET_INFLIGHT_FD for every queue, as cloud-hypervisor asks when it
+    /// first sets the device up; the region is kept.
+    pub fn get_inflight_region(&mut self) {
+        let asked = VhostUserInflight {
+            mmap_size: 0,
+            mmap_offset: 0,
+            num_queues: 2 * self.opts.pairs as u16,
+            queue_size: self.opts.queue_size,
+        };
+        let region = self
+            .frontend
+            .get_inflight_fd(&asked)
+            .expect("GET_INFLIGHT_FD");
+        self.inflight = Some(region);
+    }
+
+    /// The in-flight region the device handed out, as the frontend keeps
+    /// it (`None` without INFLIGHT_SHMFD).
+    pub fn inflight_region(&self) -> Option<&File> {
+        self.inflight.as_ref().map(|(_, file)| file)
+    }
+
+    /// SET_INFLIGHT_FD with the kept region, before the rings start.
+    pub fn set_inflight_region(&mut self) {
+        let (info, file) = self.inflight.as_ref().expect("an in-flight region");
+        self.frontend
+            .set_inflight_fd(info, file.as_raw_fd())
+            .expect("SET_INFLIGHT_FD");
+    }
+
+    /// The device died and came back on `socket`: connects again, same
+    /// guest memory, same features, the in-flight region (if any) given
+    /// back, and every ring handed over again where it is, its memory as
+    /// it is, at `base`. Returns once the device has handled it all.
+    pub fn reconnect(&mut self, socket: &Path, base: RingBase) {
+        self.rejoin(socket);
+        for q in 0..self.rings.len() {
+            let ring = &self.rings[q];
+            let at = match base {
+                RingBase::Used => ring.used_idx(),
+                RingBase::Avail => ring.avail_idx(),
+            };
+            self.restart_ring(q, at);
+        }
+        self.sync();
+    }
+
+    /// Like [`reconnect`](Self::reconnect), but the driver was reset
+    /// meanwhile: every ring is laid out anew and empty (at other
+    /// addresses if `moved`, otherwise in place) and handed over at 0.
+    pub fn reconnect_with_new_rings(&mut self, socket: &Path, moved: bool) {
+        self.rejoin(socket);
+        for q in 0..self.rings.len() {
+            let slot = if moved {
+                MOVED_RINGS + q as u64
+            } else {
+                q as u64
+            };
+            let ring = Ring::new(
+                &self.mem,
+                RINGS_BASE + slot * RING_STRIDE,
+                self.opts.queue_size,
+            );
+            self.hand_ring(q, &ring, 0);
+            self.rings[q] = ring;
+        }
+        self.sync();
+    }
+
+    /// A new connection negotiated as before, with the memory table and
+    /// the kept in-flight region.
+    fn rejoin(&mut self, socket: &Path) {
+        // The old connection ends first (if the device is still up it
+        // serves one frontend at a time).
+        let _ =
+            nix::sys::socket::shutdown(self.frontend.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        let h = Handshake::run(socket, &self.opts);
+        assert_eq!(h.acked, self.acked, "the device offers other features now");
+        self.frontend = h.frontend;
+        self.protocol = h.protocol;
+        self.set_mem_table();
+        if self.inflight.is_some() {
+            self.set_inflight_region();
+        }
     }
 
     /// Returns once the daemon has handled every message sent so far: it
@@ -129,29 +239,13 @@ impl FakeGuest {
             mem_size > BUFFERS_BASE && mem_size & 0xfff == 0,
             "guest memory of {mem_size} bytes: use a multiple of 4 KiB above {BUFFERS_BASE}"
         );
-        let mut frontend =
-            Frontend::connect(socket, 2 * opts.pairs as u64).expect("connect to zcnet");
-        let offered = frontend.get_features().expect("GET_FEATURES");
-        assert_ne!(
-            offered & PROTOCOL_FEATURES,
-            0,
-            "device must offer PROTOCOL_FEATURES"
-        );
-        let proto_offered = frontend
-            .get_protocol_features()
-            .expect("GET_PROTOCOL_FEATURES");
-        let protocol = proto_offered & opts.protocol;
-        frontend
-            .set_protocol_features(protocol)
-            .expect("SET_PROTOCOL_FEATURES");
-        let queue_num = if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            frontend.get_queue_num().expect("GET_QUEUE_NUM")
-        } else {
-            2
-        };
-        frontend.set_owner().expect("SET_OWNER");
-        let acked = offered & opts.wanted;
-        frontend.set_features(acked).expect("SET_FEATURES");
+        let Handshake {
+            frontend,
+            offered,
+            protocol,
+            queue_num,
+            acked,
+        } = Handshake::run(socket, opts);
         let memfd = File::from(
             memfd_create(c"zcnet-test-guest", MemFdCreateFlag::MFD_CLOEXEC).expect("memfd"),
         );
@@ -171,6 +265,8 @@ impl FakeGuest {
         .expect("map guest memory");
         FakeGuest {
             frontend,
+            opts: opts.clone(),
+            inflight: None,
             mem,
             _memfd: memfd,
             offered,
@@ -323,8 +419,16 @@ impl FakeGuest {
         head
     }
 
-    /// Posts `count` RX buffers of `size` bytes; returns (head, address).
+    /// Posts `count` RX buffers of `size` bytes and kicks; returns (head,
+    /// address).
     pub fn post_rx(&mut self, pair: usize, count: usize, size: usize) -> Vec<(u16, u64)> {
+        let out = self.publish_rx(pair, count, size);
+        self.rx(pair).kick();
+        out
+    }
+
+    /// [`post_rx`](Self::post_rx) without the kick.
+    pub fn publish_rx(&mut self, pair: usize, count: usize, size: usize) -> Vec<(u16, u64)> {
         let mut out = Vec::new();
         for _ in 0..count {
             let addr = self.alloc(size);
@@ -337,7 +441,6 @@ impl FakeGuest {
             ring.publish(head);
             out.push((head, addr));
         }
-        self.rx(pair).kick();
         out
     }
 
@@ -347,5 +450,50 @@ impl FakeGuest {
 
     pub fn wait_rx_used(&mut self, pair: usize, count: usize) -> Vec<Used> {
         self.rx(pair).wait_used(count, Duration::from_secs(20))
+    }
+}
+
+/// What feature negotiation leaves.
+struct Handshake {
+    frontend: Frontend,
+    offered: u64,
+    protocol: VhostUserProtocolFeatures,
+    queue_num: u64,
+    acked: u64,
+}
+
+impl Handshake {
+    /// Connects and negotiates features, in QEMU's order.
+    fn run(socket: &Path, opts: &GuestOpts) -> Handshake {
+        let mut frontend =
+            Frontend::connect(socket, 2 * opts.pairs as u64).expect("connect to zcnet");
+        let offered = frontend.get_features().expect("GET_FEATURES");
+        assert_ne!(
+            offered & PROTOCOL_FEATURES,
+            0,
+            "device must offer PROTOCOL_FEATURES"
+        );
+        let proto_offered = frontend
+            .get_protocol_features()
+            .expect("GET_PROTOCOL_FEATURES");
+        let protocol = proto_offered & opts.protocol;
+        frontend
+            .set_protocol_features(protocol)
+            .expect("SET_PROTOCOL_FEATURES");
+        let queue_num = if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            frontend.get_queue_num().expect("GET_QUEUE_NUM")
+        } else {
+            2
+        };
+        frontend.set_owner().expect("SET_OWNER");
+        let acked = offered & opts.wanted;
+        frontend.set_features(acked).expect("SET_FEATURES");
+        Handshake {
+            frontend,
+            offered,
+            protocol,
+            queue_num,
+            acked,
+        }
     }
 }

@@ -30,6 +30,8 @@ pub enum Role {
 
 pub struct StreamLab {
     pub daemon: Daemon,
+    /// zcnet's arguments, for restarts.
+    args: Vec<String>,
     pub ns: NetNs,
     pub peer: NetNs,
 }
@@ -47,7 +49,30 @@ impl StreamLab {
         };
         args.extend_from_slice(extra);
         let daemon = Daemon::start_args(bin, &ns, &args);
-        (StreamLab { daemon, ns, peer }, listener)
+        let args = args.iter().map(|a| a.to_string()).collect();
+        (
+            StreamLab {
+                daemon,
+                args,
+                ns,
+                peer,
+            },
+            listener,
+        )
+    }
+
+    /// Kills zcnet with SIGKILL and starts it again with the same
+    /// arguments (see [`Daemon::kill_and_restart`]).
+    pub fn kill_and_restart(&mut self) {
+        self.daemon.kill();
+        self.restart();
+    }
+
+    /// Starts zcnet again, killed with [`Daemon::kill`], with the same
+    /// arguments.
+    pub fn restart(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.daemon.restart_args(&self.ns, &args);
     }
 
     /// Connects from the peer namespace to zcnet's listener.

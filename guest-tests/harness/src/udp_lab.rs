@@ -14,6 +14,8 @@ const REMOTE: &str = "10.9.0.2:7000";
 
 pub struct UdpLab {
     pub daemon: Daemon,
+    /// zcnet's arguments, for restarts.
+    args: Vec<String>,
     /// The receiving namespace (veth topologies only).
     peer: Option<NetNs>,
     pub ns: NetNs,
@@ -46,7 +48,27 @@ impl UdpLab {
         let mut args = vec!["--udp", udp.as_str()];
         args.extend_from_slice(extra);
         let daemon = Daemon::start_args(bin, &ns, &args);
-        UdpLab { daemon, peer, ns }
+        let args = args.iter().map(|a| a.to_string()).collect();
+        UdpLab {
+            daemon,
+            args,
+            peer,
+            ns,
+        }
+    }
+
+    /// Kills zcnet with SIGKILL and starts it again with the same
+    /// arguments (see [`Daemon::kill_and_restart`]).
+    pub fn kill_and_restart(&mut self) {
+        self.daemon.kill();
+        self.restart();
+    }
+
+    /// Starts zcnet again, killed with [`Daemon::kill`], with the same
+    /// arguments.
+    pub fn restart(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.daemon.restart_args(&self.ns, &args);
     }
 
     /// A socket in the peer namespace bound to the remote address, with a
