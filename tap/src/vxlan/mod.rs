@@ -9,7 +9,8 @@
 //! - [`ether`]: MAC addresses and the inner Ethernet/VLAN header.
 //! - [`fdb`]: the forwarding database (inner MAC to remote VTEP).
 //! - [`flow_hash`]: the outer UDP source port, from the inner flow.
-//! - [`vnet`]: the guest's virtio-net header fields for checksum and GSO.
+//! - The guest's virtio-net header is `crate::vnet_hdr::VnetHdr` (one module
+//!   owns those facts).
 //! - [`csum`]: the Internet checksum, from pieces (payload sums come from
 //!   guest memory through [`PayloadSum`]).
 //! - [`layout`]: where a TSO frame's Ethernet, IP and TCP headers are.
@@ -24,7 +25,6 @@ pub mod header;
 pub mod layout;
 pub mod partial_csum;
 pub mod segment;
-pub mod vnet;
 
 #[cfg(test)]
 mod proptests;
@@ -42,4 +42,3 @@ pub use flow_hash::{FlowHasher, PortRange};
 pub use header::{decapsulate, encode, DropReason, Underlay, Vni, VXLAN_PORT};
 pub use partial_csum::{complete_checksum, CsumError};
 pub use segment::{SegmentError, TsoLimits, TsoPlan};
-pub use vnet::VirtioNetHdr;
