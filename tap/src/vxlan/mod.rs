@@ -4,7 +4,12 @@
 //! memory; a TSO frame leaves as MSS-sized inner segments in as few
 //! `UDP_SEGMENT` sends as the kernel allows.
 //!
-//! Nothing here does I/O; every piece is tested without root.
+//! The building blocks do no I/O and are tested without root; the
+//! attachment puts them together:
+//! - [`attachment`]: [`open`] and [`VxlanAttachment`], one per queue pair
+//!   (sockets, shared FDB, multiqueue), with its TX path (`tx`), RX path
+//!   (`rx`), sockets (`socket`), zero-copy ids (`ids`) and counters
+//!   ([`stats`]).
 //! - [`header`]: the VXLAN header, decapsulation checks, overhead and MTU.
 //! - [`ether`]: MAC addresses and the inner Ethernet/VLAN header.
 //! - [`fdb`]: the forwarding database (inner MAC to remote VTEP).
@@ -17,15 +22,23 @@
 //! - [`segment`]: TSO planning, per-segment headers and checksums.
 //! - [`partial_csum`]: checksum offload for a frame sent whole.
 
+pub mod attachment;
 pub mod csum;
 pub mod ether;
 pub mod fdb;
 pub mod flow_hash;
 pub mod header;
+mod ids;
 pub mod layout;
 pub mod partial_csum;
+mod rx;
 pub mod segment;
+mod socket;
+pub mod stats;
+mod tx;
 
+#[cfg(test)]
+mod attachment_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -35,6 +48,10 @@ mod testutil;
 #[cfg(test)]
 mod udp_gso_tests;
 
+pub use attachment::{
+    open, FdbSnapshot, Vxlan, VxlanAttachment, VxlanConfig, VxlanError, VxlanMetrics,
+    VxlanSnapshot, TX_SOCKETS,
+};
 pub use csum::{Csum, PayloadSum};
 pub use ether::MacAddr;
 pub use fdb::{Destination, Fdb, FdbConfig, Learned, Learning, Refusal};
