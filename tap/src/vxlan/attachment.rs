@@ -340,6 +340,9 @@ pub struct VxlanAttachment {
     pub(super) rx_hdr: [u8; VXLAN_HEADER_LEN],
     pub(super) rx_iov: Vec<libc::iovec>,
     pub(super) from: SourceAddr,
+    /// Tests only: sends left before every send returns EAGAIN.
+    #[cfg(test)]
+    pub(super) eagain_after: Option<usize>,
 }
 
 // SAFETY: the only fields that are not Send are the iovec scratch vectors
@@ -500,6 +503,8 @@ impl VxlanAttachment {
             rx_hdr: [0; VXLAN_HEADER_LEN],
             rx_iov: Vec::with_capacity(IOV_MAX + 1),
             from: SourceAddr::new(),
+            #[cfg(test)]
+            eagain_after: None,
             shared,
         };
         a.attach_rx(rx).map_err(VxlanError::Events)?;

@@ -610,3 +610,84 @@ fn sending_and_receiving_allocate_nothing_per_frame() {
     }
     assert_eq!(allocations() - before, 0, "allocations per frame");
 }
+
+#[test]
+fn eagain_before_a_frame_puts_it_back_and_in_the_middle_drops_the_rest() {
+    let mut l = lab(1, true);
+    let att = &mut l.vx.pairs[0];
+    let spec = TcpFrame::new(false, 60_000);
+    let frame = spec.build();
+    // Nothing sent yet: the frame is not sent at all, its slot goes back.
+    att.eagain_after = Some(0);
+    let e = send(att, spec.vnet(1448), &frame, 4096, SendMode::Lend).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    assert_eq!(att.plan_holds.held(), 0);
+    assert_eq!(att.outstanding(), 0);
+
+    // The first send of the frame went out, then the buffers filled: the
+    // chain keeps the one id taken; the rest of the frame (and the other
+    // remote's copy) is dropped and counted, never retried.
+    att.eagain_after = Some(1);
+    assert_eq!(
+        send(att, spec.vnet(1448), &frame, 4096, SendMode::Lend).unwrap(),
+        Sent::Lent {
+            first_id: 0,
+            last_id: 0
+        }
+    );
+    assert_eq!(
+        att.plan_holds.held(),
+        1,
+        "its headers stay held for that id"
+    );
+    att.eagain_after = None;
+    reap_ids(att, 1);
+    assert_eq!(att.plan_holds.held(), 0);
+    let s = l.vx.metrics.snapshot();
+    let tx = &s.stats.pairs[0].tx_dropped;
+    assert_eq!(
+        drops(tx, "eagain_mid_frame"),
+        2,
+        "one per remote cut: {tx:?}"
+    );
+    // The part that went out is whole segments, cut at a segment boundary.
+    let first = recv_from(&l.a);
+    assert!(first.len() > 8 + 54 && first.len() <= 8 + 66 + 1448);
+}
+
+#[test]
+fn the_outer_source_port_follows_the_inner_flow() {
+    let mut l = lab(1, false);
+    let att = &mut l.vx.pairs[0];
+    let flow = |sport: u16| {
+        let mut spec = TcpFrame::new(false, 100);
+        spec.flags = 0x10;
+        let mut f = spec.build();
+        f[0..6].copy_from_slice(&PEER_A);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f
+    };
+    let mut ports = std::collections::HashMap::new();
+    let mut buf = [0u8; 2000];
+    for round in 0..2 {
+        for sport in 1000..1032u16 {
+            send(att, VnetHdr::default(), &flow(sport), 4096, SendMode::Copy).unwrap();
+            let (_, from) = l.a.recv_from(&mut buf).unwrap();
+            let port = *ports.entry(sport).or_insert(from.port());
+            assert_eq!(
+                port,
+                from.port(),
+                "flow {sport} changed source port in round {round}"
+            );
+        }
+    }
+    let distinct: std::collections::HashSet<u16> = ports.values().copied().collect();
+    assert!(
+        distinct.len() >= 2,
+        "32 flows all left from one source port: {distinct:?}"
+    );
+    assert!(
+        distinct.iter().all(|p| *p != l.local.port()),
+        "not from the VXLAN port"
+    );
+}

@@ -183,6 +183,13 @@ impl VxlanAttachment {
         bytes: u64,
         guest_pages: u32,
     ) -> io::Result<SendOutcome> {
+        #[cfg(test)]
+        if let Some(left) = self.eagain_after.as_mut() {
+            if *left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            *left -= 1;
+        }
         let to = &self.shared.raw[vtep];
         let stats = &self.shared.stats;
         let t = &mut self.tx[sock];
