@@ -10,7 +10,7 @@ use zcnet_harness::daemon::ZcnetBin;
 use zcnet_harness::frames::{self, PacketSock, GUEST_MAC};
 use zcnet_harness::guest::{FakeGuest, GuestOpts, HDR_LEN, MTU};
 use zcnet_harness::ring::Used;
-use zcnet_harness::vhost::vhost_user::message::VhostUserConfigFlags;
+use zcnet_harness::vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use zcnet_harness::vhost::vhost_user::VhostUserFrontend;
 use zcnet_harness::vxlan_lab::{self, Path, VxlanLab, OVERLAY, PEERS, STRANGER, VNI};
 
@@ -362,4 +362,394 @@ fn a_64k_tso_frame_reaches_the_kernel_as_mss_segments_with_correct_checksums() {
             );
         }
     }
+}
+
+fn queue_metric(m: &str, name: &str) -> u64 {
+    zcnet_harness::daemon::Daemon::metric(m, name, 0)
+}
+
+#[test]
+fn lent_chains_leave_through_ifb_uncopied_and_are_never_used_before_the_kernel_lets_go() {
+    let lab = VxlanLab::new(
+        &zcnet(),
+        Path::Ifb,
+        &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
+    );
+    // Holds frames on the egress: after the first frame (which spends the
+    // bucket), datagrams wait in the qdisc, their pages still lent.
+    lab.tc(&[
+        "qdisc", "add", "dev", "ifb0", "root", "tbf", "rate", "8kbit", "burst", "21000", "latency",
+        "100s",
+    ]);
+    let mut g = connect(&lab, 1);
+    // Broadcast: each frame goes to both remotes, two lent sends.
+    let heads: Vec<u16> = (0..5)
+        .map(|t| {
+            send(
+                &mut g,
+                0,
+                &plain(),
+                &frames::test_frame(8000, t, [0xff; 6], GUEST_MAC),
+            )
+        })
+        .collect();
+    let m = lab.wait_metric("zcnet_tx_zerocopy_sends_total", &[("queue", "0")], 5);
+    assert_eq!(
+        vxlan_lab::sum(&m, "zcnet_vxlan_tx_frames_total", &[]),
+        10,
+        "five frames to two VTEPs"
+    );
+    lab.wait_metric("zcnet_tx_zerocopy_completed_total", &[("queue", "0")], 2);
+    let first = g.wait_tx_used(0, 1);
+    assert_eq!(first[0].id, heads[0]);
+    let m = lab.scrape();
+    assert_eq!(queue_metric(&m, "zcnet_tx_lent_chains"), 4);
+    assert!(vxlan_lab::sum(&m, "zcnet_vxlan_tx_lent_pages_held", &[]) >= 4 * 2 * 2);
+    assert_eq!(
+        g.tx(0).used_idx(),
+        1,
+        "a chain went to the used ring while the kernel still held its pages"
+    );
+
+    // Let the held datagrams go: every chain comes back, once.
+    lab.tc(&["qdisc", "replace", "dev", "ifb0", "root", "pfifo"]);
+    let rest = g.wait_tx_used(0, 4);
+    assert_eq!(
+        rest.iter().map(|u| u.id).collect::<HashSet<_>>(),
+        heads[1..].iter().copied().collect::<HashSet<_>>()
+    );
+
+    // A 64 KiB TSO frame, lent too.
+    let (gso, frame) = frames::tcp4_frame(65_000, 1448, 40_000, [0xff; 6], GUEST_MAC);
+    let tso = send(&mut g, 0, &frames::v1_hdr(&gso.hdr), &frame);
+    assert_eq!(g.wait_tx_used(0, 1)[0].id, tso);
+
+    let m = lab.scrape();
+    let sends = queue_metric(&m, "zcnet_tx_zerocopy_sends_total");
+    assert_eq!(sends, 6);
+    let ids = queue_metric(&m, "zcnet_tx_zerocopy_completed_total");
+    assert!(
+        ids >= 10 + 2 * 4,
+        "five frames of two ids, a TSO frame of several per VTEP"
+    );
+    assert_eq!(
+        queue_metric(&m, "zcnet_tx_zerocopy_copied_total"),
+        0,
+        "the kernel copied pages that left through ifb"
+    );
+    assert_eq!(queue_metric(&m, "zcnet_tx_copy_fallbacks_total"), 0);
+    assert_eq!(queue_metric(&m, "zcnet_tx_lent_chains"), 0);
+    assert_eq!(vxlan_lab::sum(&m, "zcnet_vxlan_tx_lent_pages_held", &[]), 0);
+    assert!(
+        vxlan_lab::sum(&m, "zcnet_vxlan_tx_lent_pages_total", &[("vtep", PEER1)]) >= 5 * 2 + 16
+    );
+}
+
+/// An IPv4/UDP frame of flow `sport` -> 4000, from `src` to `dst`.
+fn udp4_frame(dst: [u8; 6], src: [u8; 6], sport: u16) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 48, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip.extend_from_slice(&[192, 168, 42, 2, 192, 168, 42, 100]);
+    let c = frames::checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&4000u16.to_be_bytes());
+    f.extend_from_slice(&[0, 28, 0, 0]); // length, no checksum
+    f.extend_from_slice(&[0x5a; 20]);
+    f
+}
+
+#[test]
+fn two_queue_pairs_each_carry_traffic_both_ways() {
+    let lab = VxlanLab::new(&zcnet(), Path::KernelPeers, &["--queue-pairs", "2"]);
+    let cap = lab.vx0(0);
+    let mut g = connect(&lab, 2);
+    let posted = [g.post_rx(0, 64, 2048), g.post_rx(1, 64, 2048)];
+    let peer_mac = lab.vx0_mac(0);
+    // 64 inner flows: the kernel VTEP gives each its own outer source port,
+    // and the kernel spreads them over the pairs' receive sockets.
+    let sent: Vec<Vec<u8>> = (0..64)
+        .map(|i| udp4_frame(GUEST_MAC, peer_mac, 10_000 + i))
+        .collect();
+    for f in &sent {
+        cap.send(f);
+    }
+    let mut got: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+    let deadline = Instant::now() + WAIT;
+    while got[0].len() + got[1].len() < sent.len() {
+        for p in 0..2 {
+            for u in g.rx(p).take_used() {
+                got[p].push(rx_bytes(&g, &posted[p], &u)[HDR_LEN..].to_vec());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} + {} of 64 frames arrived",
+            got[0].len(),
+            got[1].len()
+        );
+        std::thread::sleep(Duration::from_millis(5)); // polling a condition, with a deadline
+    }
+    assert!(
+        !got[0].is_empty() && !got[1].is_empty(),
+        "one pair got every flow: {} + {}",
+        got[0].len(),
+        got[1].len()
+    );
+    let all: HashSet<&Vec<u8>> = got.iter().flatten().collect();
+    assert_eq!(
+        all,
+        sent.iter().collect::<HashSet<_>>(),
+        "every frame once, whole"
+    );
+
+    // Each pair's TX reaches the kernel VTEP too.
+    for p in 0..2 {
+        let f = frames::test_frame(100, 50 + p as u32, peer_mac, GUEST_MAC);
+        send(&mut g, p, &plain(), &f);
+        assert_eq!(
+            capture(&cap, &format!("pair {p}'s frame"), tagged(50 + p as u32)),
+            f
+        );
+    }
+    let m = lab.scrape();
+    for p in ["0", "1"] {
+        assert!(vxlan_lab::sum(&m, "zcnet_vxlan_rx_frames_total", &[("queue_pair", p)]) > 0);
+        assert_eq!(
+            vxlan_lab::sum(
+                &m,
+                "zcnet_vxlan_tx_frames_total",
+                &[("queue_pair", p), ("vtep", PEER0)]
+            ),
+            1,
+            "pair {p}'s frame went to the learned VTEP only"
+        );
+    }
+}
+
+#[test]
+fn the_guest_is_offered_the_underlay_mtu_less_50_and_larger_frames_are_dropped_and_counted() {
+    let lab = VxlanLab::new(&zcnet(), Path::KernelPeers, &[]);
+    let cap = lab.vx0(0);
+    let opts = GuestOpts {
+        wanted: GuestOpts::default().wanted | MTU,
+        protocol: VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG,
+        ..GuestOpts::default()
+    };
+    let mut g = FakeGuest::connect(&lab.daemon.socket, &opts);
+    assert_ne!(g.acked & MTU, 0, "VIRTIO_NET_F_MTU offered");
+    let (_, cfg) = g
+        .frontend
+        .get_config(0, 12, VhostUserConfigFlags::empty(), &[0u8; 12])
+        .expect("GET_CONFIG");
+    let mtu = u16::from_le_bytes([cfg[10], cfg[11]]);
+    assert_eq!(u32::from(mtu), vxlan_lab::UNDERLAY_MTU - 50);
+
+    // The largest frame that fits one underlay packet, and one byte more.
+    let fits = frames::test_frame(usize::from(mtu) + 14, 60, [0xff; 6], GUEST_MAC);
+    let too_big = frames::test_frame(usize::from(mtu) + 15, 61, [0xff; 6], GUEST_MAC);
+    let h1 = send(&mut g, 0, &plain(), &too_big);
+    let h2 = send(&mut g, 0, &plain(), &fits);
+    assert_eq!(capture(&cap, "the frame that fits", tagged(60)), fits);
+    let used = g.wait_tx_used(0, 2);
+    assert_eq!(
+        used.iter().map(|u| u.id).collect::<HashSet<_>>(),
+        [h1, h2].into_iter().collect(),
+        "both chains returned"
+    );
+    let m = lab.scrape();
+    assert_eq!(
+        vxlan_lab::sum(
+            &m,
+            "zcnet_vxlan_tx_dropped_total",
+            &[("vtep", "none"), ("reason", "too_big")]
+        ),
+        1
+    );
+    assert_eq!(queue_metric(&m, "zcnet_tx_dropped_total"), 1);
+    assert_eq!(
+        vxlan_lab::sum(&m, "zcnet_vxlan_tx_frames_total", &[("vtep", PEER0)]),
+        1
+    );
+}
+
+#[test]
+fn mistakes_on_the_command_line_or_in_the_underlay_exit_non_zero_saying_what_to_fix() {
+    let bin = zcnet();
+    let run = |ns: Option<&zcnet_harness::netns::NetNs>, args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("zc.sock");
+        let mut cmd = match ns {
+            Some(ns) => ns.command(bin.path()),
+            None => std::process::Command::new(bin.path()),
+        };
+        let out = cmd
+            .arg("--socket-path")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("run zcnet");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (args, want) in [
+        (
+            &["--vxlan-vni", "42", "--vxlan-local", "10.9.0.1"][..],
+            "at least one --vxlan-remote",
+        ),
+        (
+            &[
+                "--vxlan-vni",
+                "99999999",
+                "--vxlan-local",
+                "10.9.0.1",
+                "--vxlan-remote",
+                "10.9.0.2",
+            ],
+            "0 to 16777215",
+        ),
+        (
+            &[
+                "--vxlan-vni",
+                "42",
+                "--vxlan-local",
+                "10.9.0.1",
+                "--vxlan-remote",
+                "2001:db8::2",
+            ],
+            "one IP version",
+        ),
+        (
+            &[
+                "--vxlan-vni",
+                "42",
+                "--vxlan-local",
+                "10.9.0.1",
+                "--vxlan-remote",
+                "10.9.0.2",
+                "--vxlan-fdb",
+                "52:54:00:12:34:56",
+            ],
+            "MAC=IP[:PORT]",
+        ),
+        (&["--vxlan-local", "10.9.0.1"], "--vxlan-vni"),
+    ] {
+        let (status, err) = run(None, args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err:?} lacks {want:?}");
+    }
+    // Well-formed, but no route to the remote VTEP in this namespace.
+    let ns = zcnet_harness::netns::NetNs::new();
+    let (status, err) = run(
+        Some(&ns),
+        &[
+            "--vxlan-vni",
+            "42",
+            "--vxlan-local",
+            "127.0.0.1",
+            "--vxlan-remote",
+            "10.99.0.2",
+        ],
+    );
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("is there a route"), "{err}");
+}
+
+#[test]
+fn lent_sends_refused_by_an_nftables_drop_cost_frames_not_chains_and_lending_goes_on() {
+    // A netfilter drop on the way out makes sendmsg fail with EPERM after
+    // the kernel built the skb, and such a failed MSG_ZEROCOPY call still
+    // takes an id (and is notified at once). The frames are dropped and
+    // counted; the chains come back at once; and the ids of the lent sends
+    // after it must still line up, or their chains would never come back
+    // (or come back early).
+    let lab = VxlanLab::new(
+        &zcnet(),
+        Path::KernelPeers,
+        &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
+    );
+    let nft = |args: &[&str]| {
+        let mut c = lab.ns.command("nft");
+        assert!(
+            c.args(args).status().expect("nft").success(),
+            "nft {args:?}"
+        );
+    };
+    nft(&["add", "table", "inet", "zcnet_test"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "zcnet_test",
+        "out",
+        "{ type filter hook output priority 0; policy accept; }",
+    ]);
+    nft(&[
+        "add",
+        "rule",
+        "inet",
+        "zcnet_test",
+        "out",
+        "udp",
+        "dport",
+        "4789",
+        "drop",
+    ]);
+    let caps = [lab.vx0(0), lab.vx0(1)];
+    let mut g = connect(&lab, 1);
+    let dropped: HashSet<u16> = (0..8)
+        .map(|t| {
+            send(
+                &mut g,
+                0,
+                &plain(),
+                &frames::test_frame(8000, t, [0xff; 6], GUEST_MAC),
+            )
+        })
+        .collect();
+    let used = g.wait_tx_used(0, 8);
+    assert_eq!(used.iter().map(|u| u.id).collect::<HashSet<_>>(), dropped);
+    let m = lab.scrape();
+    assert_eq!(queue_metric(&m, "zcnet_tx_dropped_total"), 8);
+    assert_eq!(
+        vxlan_lab::sum(
+            &m,
+            "zcnet_vxlan_tx_dropped_total",
+            &[("reason", "send_error")]
+        ),
+        16,
+        "each frame refused for both VTEPs"
+    );
+    assert_eq!(queue_metric(&m, "zcnet_tx_zerocopy_sends_total"), 0);
+
+    nft(&["delete", "table", "inet", "zcnet_test"]);
+    let sent: Vec<Vec<u8>> = (100..108)
+        .map(|t| frames::test_frame(8000, t, [0xff; 6], GUEST_MAC))
+        .collect();
+    let heads: HashSet<u16> = sent.iter().map(|f| send(&mut g, 0, &plain(), f)).collect();
+    for (i, cap) in caps.iter().enumerate() {
+        for f in &sent {
+            let tag = frames::tag_of(f).unwrap();
+            assert_eq!(
+                &capture(cap, &format!("frame {tag} at peer {i}"), tagged(tag)),
+                f
+            );
+        }
+    }
+    let used = g.wait_tx_used(0, 8);
+    assert_eq!(
+        used.iter().map(|u| u.id).collect::<HashSet<_>>(),
+        heads,
+        "every lent chain after the drops came back once"
+    );
+    let m = lab.wait_metric("zcnet_tx_zerocopy_completed_total", &[("queue", "0")], 16);
+    assert_eq!(queue_metric(&m, "zcnet_tx_zerocopy_sends_total"), 8);
+    assert_eq!(queue_metric(&m, "zcnet_tx_lent_chains"), 0);
 }

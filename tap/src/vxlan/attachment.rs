@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 use thiserror::Error;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::ether::MacAddr;
 use super::fdb::{Fdb, FdbConfig, FdbError, Learning, Refusal, SWEEP_INTERVAL};
@@ -80,7 +81,8 @@ pub(super) const IOV_MAX: usize = 1024;
 
 /// Epoll tokens of the attachment's own set.
 const TOKEN_RX: u64 = 0;
-const TOKEN_TX0: u64 = 1;
+const TOKEN_WAKE: u64 = 1;
+const TOKEN_TX0: u64 = 2;
 
 /// What [`open`] needs.
 #[derive(Clone, Debug)]
@@ -319,6 +321,11 @@ pub struct VxlanAttachment {
     /// Length of the guest's virtio-net header (10 or 12).
     pub(super) hdr_len: usize,
     epoll: Epoll,
+    /// Readable when completions wait in `early`: wakes the worker to reap.
+    wake: EventFd,
+    /// Completions read outside `reap` (after a failed lent send, see
+    /// `ids`), handed out by the next `reap`.
+    early: Vec<Completion>,
     /// `None` while the guest has the pair disabled.
     pub(super) rx: Option<UdpSocket>,
     pub(super) tx: Vec<TxSocket>,
@@ -451,6 +458,14 @@ impl VxlanAttachment {
         zerocopy: bool,
     ) -> Result<Self, VxlanError> {
         let epoll = Epoll::new().map_err(VxlanError::Events)?;
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(VxlanError::Events)?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                wake.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_WAKE),
+            )
+            .map_err(VxlanError::Events)?;
         let mut tx = Vec::with_capacity(TX_SOCKETS);
         let mut zc = zerocopy;
         for i in 0..TX_SOCKETS {
@@ -484,6 +499,8 @@ impl VxlanAttachment {
             zerocopy: zc,
             hdr_len: HDR_LEN_V1,
             epoll,
+            wake,
+            early: Vec::with_capacity(64),
             rx: None,
             tx,
             next_id: 0,
@@ -562,6 +579,53 @@ impl VxlanAttachment {
         }
     }
 
+    /// Reads transmit socket `i`'s notifications (never blocks) and appends
+    /// their engine ids to `out`; returns the guest pages they released.
+    fn reap_socket(
+        &mut self,
+        i: usize,
+        to_early: bool,
+        out: &mut Vec<Completion>,
+    ) -> io::Result<u64> {
+        let VxlanAttachment {
+            tx,
+            raw_completions,
+            early,
+            ..
+        } = self;
+        let out = if to_early { early } else { out };
+        let t = &mut tx[i];
+        raw_completions.clear();
+        let r = zerocopy::reap(t.sock.as_fd(), raw_completions);
+        let mut pages = 0;
+        for c in raw_completions.iter() {
+            pages += t.ids.complete(*c, out);
+        }
+        r.map(|()| pages)
+    }
+
+    /// A lent send on transmit socket `i` failed: it may still have taken
+    /// the socket's next id, whose notification is queued by now if so
+    /// (see `ids`). Reaps the socket to find out, keeping what it reads for
+    /// the next `reap`.
+    pub(super) fn settle_failed_send(&mut self, i: usize) {
+        self.tx[i].ids.phantom();
+        match self.reap_socket(i, true, &mut Vec::new()) {
+            Ok(pages) => self.shared.stats.released(self.pair, pages),
+            Err(e) => warn!("VXLAN pair {}: cannot read notifications: {e}", self.pair),
+        }
+        if self.tx[i].ids.settle_phantom() {
+            log::debug!(
+                "VXLAN pair {}: a failed zero-copy send took an id",
+                self.pair
+            );
+        }
+        if !self.early.is_empty() {
+            // The worker reaps on its next wake-up.
+            let _ = self.wake.write(1);
+        }
+    }
+
     /// Lent sends not yet notified, on every transmit socket.
     pub fn outstanding(&self) -> usize {
         self.tx.iter().map(|t| t.ids.outstanding()).sum()
@@ -593,6 +657,10 @@ impl Attachment for VxlanAttachment {
         for ev in &events[..n] {
             let set = ev.event_set();
             match ev.data() {
+                TOKEN_WAKE => {
+                    let _ = self.wake.read();
+                    out.notified = true;
+                }
                 TOKEN_RX => {
                     out.readable |=
                         set.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP)
@@ -624,20 +692,16 @@ impl Attachment for VxlanAttachment {
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         let from = out.len();
+        out.append(&mut self.early);
         let mut result = Ok(());
         let mut pages = 0;
-        let VxlanAttachment {
-            tx,
-            raw_completions,
-            ..
-        } = self;
-        for t in tx.iter_mut().filter(|t| !t.ids.is_idle()) {
-            raw_completions.clear();
-            if let Err(e) = zerocopy::reap(t.sock.as_fd(), raw_completions) {
-                result = Err(e);
+        for i in 0..self.tx.len() {
+            if self.tx[i].ids.is_idle() {
+                continue;
             }
-            for c in raw_completions.iter() {
-                pages += t.ids.complete(*c, out);
+            match self.reap_socket(i, false, out) {
+                Ok(p) => pages += p,
+                Err(e) => result = Err(e),
             }
         }
         self.shared.stats.released(self.pair, pages);
@@ -649,6 +713,9 @@ impl Attachment for VxlanAttachment {
     }
 
     fn wait_notifications(&mut self, timeout: Duration) {
+        if !self.early.is_empty() {
+            return;
+        }
         let mut pfds = [libc::pollfd {
             fd: -1,
             events: 0,

@@ -12,6 +12,18 @@
 //! All the sends of one frame go through one socket (its flow picks it),
 //! so a frame's engine ids are consecutive: `Sent::Lent { first_id,
 //! last_id }` covers them.
+//!
+//! # Failed sends may take an id too
+//! A `MSG_ZEROCOPY` call that fails while the kernel appends the data
+//! gives its id back, but one that fails after the skb was built (EPERM
+//! from a netfilter drop on the way out, EINVAL from a `UDP_SEGMENT`
+//! check) keeps it: the kernel frees the skb before `sendmsg` returns, and
+//! the notification for that id is queued by then (measured here: three
+//! EPERM sends took ids 0 to 2, notified at once, and the next good send
+//! got id 3). So after a failed lent send the caller records a *phantom*
+//! (an id no chain waits for) and reaps the socket at once: a phantom the
+//! reap completed took an id; one it did not took none and is removed
+//! ([`SocketIds::settle_phantom`]).
 
 use std::collections::VecDeque;
 
@@ -23,8 +35,8 @@ const EXPECTED_OUTSTANDING: usize = 512;
 
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
-    /// The engine id of this send.
-    id: u32,
+    /// The engine id of this send (none for a phantom).
+    id: Option<u32>,
     /// Guest pages the send lent (for the lent-pages gauge).
     pages: u32,
     done: bool,
@@ -55,15 +67,42 @@ impl SocketIds {
     /// socket's next id.
     pub fn lent(&mut self, id: u32, pages: u32) {
         self.inflight.push_back(InFlight {
-            id,
+            id: Some(id),
             pages,
             done: false,
         });
     }
 
+    /// Records a failed `MSG_ZEROCOPY` call that may have taken the
+    /// socket's next id (see the module doc); reap the socket, then call
+    /// [`settle_phantom`](Self::settle_phantom).
+    pub fn phantom(&mut self) {
+        self.inflight.push_back(InFlight {
+            id: None,
+            pages: 0,
+            done: false,
+        });
+    }
+
+    /// After the reap that followed [`phantom`](Self::phantom): if the
+    /// kernel notified no id for it, the failed call took none, and the
+    /// phantom is removed. Returns whether it had taken an id.
+    pub fn settle_phantom(&mut self) -> bool {
+        match self.inflight.back() {
+            Some(f) if f.id.is_none() && !f.done => {
+                self.inflight.pop_back();
+                false
+            }
+            _ => true,
+        }
+    }
+
     /// Sends not yet notified.
     pub fn outstanding(&self) -> usize {
-        self.inflight.iter().filter(|f| !f.done).count()
+        self.inflight
+            .iter()
+            .filter(|f| !f.done && f.id.is_some())
+            .count()
     }
 
     /// Whether any send waits for its notification.
@@ -86,19 +125,23 @@ impl SocketIds {
             }
             f.done = true;
             pages += u64::from(f.pages);
+            let Some(id) = f.id else {
+                // A phantom: an id no chain waits for.
+                continue;
+            };
             run = match run {
-                Some(r) if r.last.wrapping_add(1) == f.id => Some(Completion { last: f.id, ..r }),
+                Some(r) if r.last.wrapping_add(1) == id => Some(Completion { last: id, ..r }),
                 Some(r) => {
                     out.push(r);
                     Some(Completion {
-                        first: f.id,
-                        last: f.id,
+                        first: id,
+                        last: id,
                         copied: c.copied,
                     })
                 }
                 None => Some(Completion {
-                    first: f.id,
-                    last: f.id,
+                    first: id,
+                    last: id,
                     copied: c.copied,
                 }),
             };
@@ -154,6 +197,29 @@ mod tests {
         a.lent(9, 1);
         a.complete(c(3, 3), &mut out);
         assert_eq!(out, vec![c(9, 9)]);
+    }
+
+    #[test]
+    fn a_failed_send_that_took_an_id_is_skipped_and_one_that_did_not_is_forgotten() {
+        let mut s = SocketIds::default();
+        s.lent(0, 1);
+        // A send failed after the kernel built its skb: it took kernel id
+        // 1, notified at once (with id 0, merged).
+        s.phantom();
+        let mut out = Vec::new();
+        s.complete(c(0, 1), &mut out);
+        assert!(s.settle_phantom());
+        assert_eq!(out, vec![c(0, 0)]);
+        // A send that failed before: no id taken, no notification.
+        s.phantom();
+        assert!(!s.settle_phantom());
+        assert_eq!(s.outstanding(), 0);
+        // The next good send is kernel id 2, whatever came before.
+        s.lent(1, 1);
+        out.clear();
+        s.complete(c(2, 2), &mut out);
+        assert_eq!(out, vec![c(1, 1)]);
+        assert!(s.is_idle());
     }
 
     #[test]

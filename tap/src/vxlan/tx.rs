@@ -191,10 +191,9 @@ impl VxlanAttachment {
             *left -= 1;
         }
         let to = &self.shared.raw[vtep];
-        let stats = &self.shared.stats;
-        let t = &mut self.tx[sock];
         let mut enobufs = false;
         if lend {
+            let t = &mut self.tx[sock];
             // SAFETY: `self.iov` holds the frame's iovecs (guest memory the
             // datapath keeps mapped; a lent chain goes back to the guest
             // only when the notification for this id is reaped) and header
@@ -206,23 +205,33 @@ impl VxlanAttachment {
                     let id = self.next_id;
                     self.next_id = id.wrapping_add(1);
                     t.ids.lent(id, guest_pages);
+                    let stats = &self.shared.stats;
                     stats.lent(self.pair, vtep, u64::from(guest_pages));
                     stats.sent(self.pair, vtep, frames, bytes);
                     return Ok(SendOutcome::Lent(id));
                 }
-                // Out of optmem or RLIMIT_MEMLOCK: copy instead.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => enobufs = true,
-                // More fragments than this kernel takes (the callers keep
-                // under the smallest limit; this is the backstop): copy.
-                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The call may have taken an id all the same.
+                    self.settle_failed_send(sock);
+                    match e.raw_os_error() {
+                        // Out of optmem or RLIMIT_MEMLOCK: copy instead.
+                        Some(libc::ENOBUFS) => enobufs = true,
+                        // More fragments than this kernel takes (the
+                        // callers keep under the smallest limit; this is
+                        // the backstop): copy.
+                        Some(libc::EMSGSIZE) => {}
+                        _ => return Err(e),
+                    }
+                }
             }
         }
+        let to = &self.shared.raw[vtep];
+        let t = &self.tx[sock];
         // SAFETY: every iovec describes memory mapped for this call (the
         // frame's, borrowed by the caller; headers in `self` or `Shared`);
         // without MSG_ZEROCOPY the kernel copies it before returning.
         unsafe { socket::send_to(t.sock_fd(), &self.iov, to, gso, false) }?;
-        stats.sent(self.pair, vtep, frames, bytes);
+        self.shared.stats.sent(self.pair, vtep, frames, bytes);
         Ok(SendOutcome::Copied { enobufs })
     }
 
