@@ -65,10 +65,6 @@ fn rx_bytes(g: &FakeGuest, posted: &[(u16, u64)], u: &Used) -> Vec<u8> {
     g.read(addr, u.len as usize)
 }
 
-fn metric(lab: &VxlanLab, name: &str, labels: &[(&str, &str)]) -> u64 {
-    vxlan_lab::sum(&lab.scrape(), name, labels)
-}
-
 #[test]
 fn frames_of_60_and_1514_bytes_cross_both_ways_byte_for_byte() {
     let lab = VxlanLab::new(&zcnet(), Path::KernelPeers, &[]);
