@@ -14,6 +14,12 @@
 //!                                       vx0: vxlan id 42 local 10.9.1.2, ...
 //!                                            192.168.42.3/24
 //! ```
+//!
+//! The peers' veths finish checksums in software (`ethtool -K vb tx off`,
+//! done here with the ioctl), as a real NIC would in hardware: otherwise a
+//! kernel VTEP's TCP segments cross the veth with their inner checksum
+//! unfinished (`CHECKSUM_PARTIAL` travels with the skb between namespaces),
+//! and zcnet's UDP socket hands the inner frame on as it is.
 
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
@@ -67,6 +73,7 @@ impl VxlanLab {
                     ns.ip(&["link", "set", mine, "mtu", &mtu, "up"]);
                     ns.ip(&["addr", "add", &format!("10.9.{i}.1/24"), "dev", mine]);
                     peer.ip(&["link", "set", theirs, "mtu", &mtu, "up"]);
+                    set_tx_checksum(&peer, theirs, false);
                     peer.ip(&["addr", "add", &format!("{}/24", PEERS[i]), "dev", theirs]);
                     peer.ip(&["route", "add", "10.9.0.0/16", "via", &format!("10.9.{i}.1")]);
                     peer.ip(&[
@@ -201,6 +208,47 @@ impl VxlanLab {
             std::thread::sleep(Duration::from_millis(10)); // polling a condition, with a deadline
         }
     }
+}
+
+/// Turns transmit checksum offload of `ifname` in `ns` on or off
+/// (`ethtool -K IFNAME tx on|off`, through `SIOCETHTOOL`).
+pub fn set_tx_checksum(ns: &NetNs, ifname: &str, on: bool) {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    let name = ifname.to_owned();
+    ns.enter(move || {
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: u32::from(on),
+        };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            data: &mut value,
+            _pad: [0; 16],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: plain socket creation; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `req` is a valid ifreq for SIOCETHTOOL whose data points
+        // at `value`, both alive for the call; `fd` is ours.
+        let r = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut req) };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: `fd` is ours and closed once.
+        unsafe { libc::close(fd) };
+        assert_eq!(r, 0, "ETHTOOL_STXCSUM on {name}: {err}");
+    });
 }
 
 /// The sum of `metric`'s samples in a scrape whose labels include every
