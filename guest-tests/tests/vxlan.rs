@@ -35,6 +35,8 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("start iperf3 -s (the image builder installs iperf3)");
+        // Killed and reaped on drop, also if it never listens.
+        let server = Server(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = ns
@@ -43,7 +45,7 @@ impl Server {
                 .output()
                 .expect("ss");
             if !out.stdout.is_empty() {
-                return Server(child);
+                return server;
             }
             assert!(Instant::now() < deadline, "iperf3 -s never listened");
             std::thread::sleep(Duration::from_millis(20)); // polling a condition, with a deadline
