@@ -419,6 +419,7 @@ mod tests {
             ageing: std::time::Duration::from_secs(300),
             queue_pairs: 2,
             zerocopy: false,
+            lend_tso: true,
         })
         .expect("a VXLAN attachment on loopback");
         let mut m = Metrics::new(2);

@@ -99,6 +99,12 @@ pub struct VxlanConfig {
     pub queue_pairs: usize,
     /// Turn `SO_ZEROCOPY` on (TX frames may be lent).
     pub zerocopy: bool,
+    /// Lend TSO frames too. A lent send pins at most 17 pages, so a lent
+    /// 64 KiB TSO frame takes about seven sends where a copied one takes
+    /// two, and costs more CPU per byte on the kernels measured (see the
+    /// README's benchmark): off, TSO frames are copied even when the
+    /// datapath asks to lend them.
+    pub lend_tso: bool,
 }
 
 #[derive(Debug, Error)]
@@ -318,6 +324,8 @@ pub struct VxlanAttachment {
     pub(super) pair: usize,
     /// SO_ZEROCOPY is on for the transmit sockets.
     zerocopy: bool,
+    /// TSO frames may be lent (`VxlanConfig::lend_tso`).
+    pub(super) lend_tso: bool,
     /// Length of the guest's virtio-net header (10 or 12).
     pub(super) hdr_len: usize,
     epoll: Epoll,
@@ -442,7 +450,9 @@ pub fn open(config: &VxlanConfig) -> Result<Vxlan, VxlanError> {
     let pairs = rx
         .into_iter()
         .enumerate()
-        .map(|(pair, rx)| VxlanAttachment::new(shared.clone(), pair, rx, config.zerocopy))
+        .map(|(pair, rx)| {
+            VxlanAttachment::new(shared.clone(), pair, rx, config.zerocopy, config.lend_tso)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Vxlan {
         pairs,
@@ -456,6 +466,7 @@ impl VxlanAttachment {
         pair: usize,
         rx: UdpSocket,
         zerocopy: bool,
+        lend_tso: bool,
     ) -> Result<Self, VxlanError> {
         let epoll = Epoll::new().map_err(VxlanError::Events)?;
         let wake = EventFd::new(EFD_NONBLOCK).map_err(VxlanError::Events)?;
@@ -497,6 +508,7 @@ impl VxlanAttachment {
         let mut a = VxlanAttachment {
             pair,
             zerocopy: zc,
+            lend_tso,
             hdr_len: HDR_LEN_V1,
             epoll,
             wake,

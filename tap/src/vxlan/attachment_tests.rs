@@ -56,6 +56,7 @@ fn lab(pairs: usize, zerocopy: bool) -> Lab {
         ageing: Duration::from_secs(300),
         queue_pairs: pairs,
         zerocopy,
+        lend_tso: true,
     })
     .expect("open the VXLAN attachment");
     let local = vx.local();
@@ -527,6 +528,7 @@ fn an_ipv6_underlay_carries_frames_both_ways() {
         ageing: Duration::from_secs(300),
         queue_pairs: 1,
         zerocopy: false,
+        lend_tso: true,
     })
     .unwrap();
     assert_eq!(vx.guest_mtu(), vx.underlay_mtu() - 70);
@@ -690,4 +692,33 @@ fn the_outer_source_port_follows_the_inner_flow() {
         distinct.iter().all(|p| *p != l.local.port()),
         "not from the VXLAN port"
     );
+}
+
+#[test]
+fn without_lend_tso_a_tso_frame_is_copied_and_whole_frames_are_still_lent() {
+    let (a, b) = (vtep("127.0.0.2"), vtep("127.0.0.3"));
+    let mut vx = open(&VxlanConfig {
+        vni: vni(),
+        local: "127.0.0.1:0".parse().unwrap(),
+        remotes: vec![a.local_addr().unwrap(), b.local_addr().unwrap()],
+        statics: Vec::new(),
+        ageing: Duration::from_secs(300),
+        queue_pairs: 1,
+        zerocopy: true,
+        lend_tso: false,
+    })
+    .unwrap();
+    let att = &mut vx.pairs[0];
+    let spec = TcpFrame::new(false, 60_000);
+    assert_eq!(
+        send(att, spec.vnet(1448), &spec.build(), 4096, SendMode::Lend).unwrap(),
+        Sent::Copied
+    );
+    let plain = eth([0xff; 6], GUEST, 20_000, 1);
+    assert!(matches!(
+        send(att, VnetHdr::default(), &plain, 4096, SendMode::Lend).unwrap(),
+        Sent::Lent { .. }
+    ));
+    assert_eq!(att.plan_holds.held(), 0);
+    reap_ids(att, 2);
 }

@@ -24,6 +24,10 @@
 //! per VTEP for a 64 KiB frame with MSS 1448, where a copied one takes the
 //! plan's two.
 //!
+//! So TSO frames are lent only when the attachment was opened with
+//! `lend_tso` (zcnet's `--zerocopy on`); otherwise they are copied, in the
+//! plan's batches.
+//!
 //! When lent (`MSG_ZEROCOPY`), every send takes the socket's next id and
 //! the frame's engine ids are consecutive (one socket per frame), so
 //! `Sent::Lent { first_id, last_id }` covers a flood and every batch. The
@@ -135,7 +139,7 @@ impl VxlanAttachment {
         self.destinations(head, now);
         let sock = self.socket_for(head);
         let result = if frame.hdr().gso() != GSO_NONE {
-            self.send_tso(frame, head, sock, lend)
+            self.send_tso(frame, head, sock, lend && self.lend_tso)
         } else {
             self.send_whole(frame, head, sock, lend)
         };
