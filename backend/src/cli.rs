@@ -1,8 +1,7 @@
 //! Command-line arguments and the validated configuration they become.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-
 use std::time::Duration;
 
 use clap::Parser;
@@ -45,6 +44,33 @@ pub struct Args {
     /// a time.
     #[arg(long, value_name = "IP:PORT", group = "attachment")]
     pub stream_listen: Option<String>,
+    /// Instead of a tap: a VXLAN segment (RFC 7348) with this VNI (0 to
+    /// 16777215). Guest frames leave as VXLAN datagrams to the remote
+    /// VTEPs (lent to the kernel with MSG_ZEROCOPY); datagrams from them
+    /// reach the guest. Needs --vxlan-local and --vxlan-remote.
+    #[arg(long, value_name = "VNI", group = "attachment")]
+    pub vxlan_vni: Option<u32>,
+    /// The local VTEP address, IP[:PORT] (port 4789 by default): where
+    /// remote VTEPs send, and the source address of zcnet's datagrams.
+    #[arg(long, value_name = "IP[:PORT]", requires = "vxlan_vni")]
+    pub vxlan_local: Option<String>,
+    /// A remote VTEP, IP[:PORT] (port 4789 by default). Repeat it for each
+    /// remote: broadcast, multicast and unknown unicast frames go to every
+    /// one (head-end replication); learned MACs go to theirs only.
+    #[arg(long, value_name = "IP[:PORT]", requires = "vxlan_vni")]
+    pub vxlan_remote: Vec<String>,
+    /// A static FDB entry, MAC=IP[:PORT]: frames to MAC always go to that
+    /// VTEP. Repeatable.
+    #[arg(long, value_name = "MAC=IP[:PORT]", requires = "vxlan_vni")]
+    pub vxlan_fdb: Vec<String>,
+    /// Seconds a learned FDB entry lives without traffic from its MAC.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 300,
+        requires = "vxlan_vni"
+    )]
+    pub vxlan_ageing: u64,
     /// The peer is another zcnet: carry the virtio-net header before each
     /// frame, so checksum offload (and, over a TCP stream, TSO) survives
     /// end to end.
@@ -106,7 +132,25 @@ pub enum AttachmentConfig {
         local: SocketAddr,
         peer_hdr: bool,
     },
+    /// `--vxlan-vni` and its companions.
+    Vxlan(VxlanArgs),
 }
+
+/// A VXLAN attachment's configuration, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanArgs {
+    pub vni: u32,
+    pub local: SocketAddr,
+    pub remotes: Vec<SocketAddr>,
+    /// Static FDB entries: MAC, VTEP.
+    pub fdb: Vec<([u8; 6], SocketAddr)>,
+    pub ageing: Duration,
+}
+
+/// The VXLAN port (IANA), the default of every VTEP address.
+pub const VXLAN_PORT: u16 = 4789;
+/// The most remote VTEPs: each flooded frame is sent once to each.
+pub const MAX_VXLAN_REMOTES: usize = 64;
 
 /// A configuration zcnet can run with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +207,55 @@ pub enum ConfigError {
     StateDir(PathBuf),
     #[error("--socket-path {0:?}: name the socket file, not a directory")]
     SocketName(PathBuf),
+    #[error("--vxlan-vni {0}: use a VNI from 0 to 16777215 (24 bits)")]
+    VxlanVni(u32),
+    #[error(
+        "--vxlan-vni needs --vxlan-local IP[:PORT]: the address remote VTEPs send to, e.g. \
+         --vxlan-local 10.0.0.1"
+    )]
+    VxlanNoLocal,
+    #[error(
+        "--vxlan-vni needs at least one --vxlan-remote IP[:PORT] (repeat it for each remote \
+         VTEP), e.g. --vxlan-remote 10.0.0.2"
+    )]
+    VxlanNoRemote,
+    #[error(
+        "{flag} {value:?}: use IP or IP:PORT with a port from 1 to 65535, e.g. 10.0.0.2, \
+         10.0.0.2:4789 or [2001:db8::2]:4789"
+    )]
+    VxlanAddr { flag: &'static str, value: String },
+    #[error(
+        "--vxlan-remote {0}: use the unicast address of a remote VTEP (multicast underlays \
+         and unspecified addresses are not supported)"
+    )]
+    VxlanRemoteNotUnicast(String),
+    #[error("--vxlan-remote {0} is given twice: list each remote VTEP once")]
+    VxlanRemoteTwice(SocketAddr),
+    #[error("at most {MAX_VXLAN_REMOTES} --vxlan-remote VTEPs (each flooded frame is sent to every one); {0} given")]
+    VxlanTooManyRemotes(usize),
+    #[error(
+        "--vxlan-local {local} and {flag} {other} are not of one IP version: use IPv4 \
+         addresses for all, or IPv6 addresses for all"
+    )]
+    VxlanFamilies {
+        local: SocketAddr,
+        flag: &'static str,
+        other: SocketAddr,
+    },
+    #[error("--vxlan-fdb {0:?}: use MAC=IP[:PORT], e.g. 52:54:00:12:34:56=10.0.0.2")]
+    VxlanFdb(String),
+    #[error(
+        "--vxlan-fdb {0:?}: a static entry needs a unicast MAC (broadcast and multicast \
+         frames go to every remote VTEP)"
+    )]
+    VxlanFdbMac(String),
+    #[error("--vxlan-ageing {0}: use a number of seconds from 1 to 1000000")]
+    VxlanAgeing(u64),
+    #[error(
+        "--vnet-hdr-peer does not apply to --vxlan-vni: VXLAN carries plain Ethernet frames \
+         (checksum and TSO offloads are completed by zcnet)"
+    )]
+    VxlanVnetHdrPeer,
 }
 
 impl TryFrom<Args> for Config {
@@ -217,6 +310,17 @@ impl TryFrom<Args> for Config {
             let local = stream_addr("--stream-listen", &s, "0.0.0.0:7000")?;
             one_pair("--stream-listen")?;
             AttachmentConfig::StreamListen { local, peer_hdr }
+        } else if let Some(vni) = a.vxlan_vni {
+            if peer_hdr {
+                return Err(ConfigError::VxlanVnetHdrPeer);
+            }
+            AttachmentConfig::Vxlan(vxlan_args(
+                vni,
+                a.vxlan_local.as_deref(),
+                &a.vxlan_remote,
+                &a.vxlan_fdb,
+                a.vxlan_ageing,
+            )?)
         } else {
             // clap requires one of them.
             return Err(ConfigError::TapName(String::new()));
@@ -227,6 +331,7 @@ impl TryFrom<Args> for Config {
             // Two zcnets joined by one stream get different MACs.
             AttachmentConfig::StreamConnect { remote, .. } => format!("connect {remote}"),
             AttachmentConfig::StreamListen { local, .. } => format!("listen {local}"),
+            AttachmentConfig::Vxlan(v) => format!("vxlan {} {}", v.vni, v.local),
         };
         let mtu = match a.mtu {
             Some(m) if !(68..=65535).contains(&m) => return Err(ConfigError::Mtu(m)),
@@ -273,6 +378,92 @@ impl TryFrom<Args> for Config {
             user: a.user,
         })
     }
+}
+
+/// Checks the VXLAN flags.
+fn vxlan_args(
+    vni: u32,
+    local: Option<&str>,
+    remotes: &[String],
+    fdb: &[String],
+    ageing: u64,
+) -> Result<VxlanArgs, ConfigError> {
+    if vni > 0x00ff_ffff {
+        return Err(ConfigError::VxlanVni(vni));
+    }
+    let local = vtep_addr("--vxlan-local", local.ok_or(ConfigError::VxlanNoLocal)?)?;
+    if remotes.is_empty() {
+        return Err(ConfigError::VxlanNoRemote);
+    }
+    if remotes.len() > MAX_VXLAN_REMOTES {
+        return Err(ConfigError::VxlanTooManyRemotes(remotes.len()));
+    }
+    let same_family = |flag, other: SocketAddr| {
+        if other.is_ipv4() == local.is_ipv4() {
+            Ok(other)
+        } else {
+            Err(ConfigError::VxlanFamilies { local, flag, other })
+        }
+    };
+    let mut checked: Vec<SocketAddr> = Vec::with_capacity(remotes.len());
+    for r in remotes {
+        let addr = same_family("--vxlan-remote", vtep_addr("--vxlan-remote", r)?)?;
+        let ip = addr.ip();
+        if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
+            return Err(ConfigError::VxlanRemoteNotUnicast(r.clone()));
+        }
+        if checked.contains(&addr) {
+            return Err(ConfigError::VxlanRemoteTwice(addr));
+        }
+        checked.push(addr);
+    }
+    let mut entries = Vec::with_capacity(fdb.len());
+    for e in fdb {
+        let bad = || ConfigError::VxlanFdb(e.clone());
+        let (mac, vtep) = e.split_once('=').ok_or_else(bad)?;
+        let mac = parse_mac(mac.trim()).map_err(|err| match err {
+            ConfigError::MacMulticast(_) => ConfigError::VxlanFdbMac(e.clone()),
+            _ => bad(),
+        })?;
+        if mac == [0; 6] {
+            return Err(ConfigError::VxlanFdbMac(e.clone()));
+        }
+        let vtep = vtep_addr("--vxlan-fdb", vtep.trim()).map_err(|_| bad())?;
+        entries.push((mac, same_family("--vxlan-fdb", vtep)?));
+    }
+    if !(1..=1_000_000).contains(&ageing) {
+        return Err(ConfigError::VxlanAgeing(ageing));
+    }
+    Ok(VxlanArgs {
+        vni,
+        local,
+        remotes: checked,
+        fdb: entries,
+        ageing: Duration::from_secs(ageing),
+    })
+}
+
+/// A VTEP address: IP:PORT, or an IP (IPv6 with or without brackets) with
+/// the VXLAN port.
+fn vtep_addr(flag: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    let s = s.trim();
+    let bad = || ConfigError::VxlanAddr {
+        flag,
+        value: s.to_owned(),
+    };
+    let addr = if let Ok(a) = s.parse::<SocketAddr>() {
+        a
+    } else {
+        let ip = s
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(s);
+        SocketAddr::new(ip.parse::<IpAddr>().map_err(|_| bad())?, VXLAN_PORT)
+    };
+    if addr.port() == 0 {
+        return Err(bad());
+    }
+    Ok(addr)
 }
 
 /// A stream attachment's IP:PORT (no host names: zcnet resolves nothing).
@@ -497,6 +688,123 @@ mod tests {
             (&[], "--stream-listen"),
         ] {
             let err = parse(argv).unwrap_err();
+            assert!(err.contains(want), "{argv:?}: {err:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn vxlan_attachment_and_its_defaults() {
+        let c = parse(&[
+            "--vxlan-vni",
+            "42",
+            "--vxlan-local",
+            "10.0.0.1",
+            "--vxlan-remote",
+            "10.0.0.2",
+            "--vxlan-remote",
+            "10.0.0.3:8472",
+            "--vxlan-fdb",
+            "52:54:00:aa:bb:cc=10.0.0.3",
+            "--queue-pairs",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.attachment,
+            AttachmentConfig::Vxlan(VxlanArgs {
+                vni: 42,
+                local: "10.0.0.1:4789".parse().unwrap(),
+                remotes: vec![
+                    "10.0.0.2:4789".parse().unwrap(),
+                    "10.0.0.3:8472".parse().unwrap()
+                ],
+                fdb: vec![(
+                    [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc],
+                    "10.0.0.3:4789".parse().unwrap()
+                )],
+                ageing: Duration::from_secs(300),
+            })
+        );
+        assert_eq!(c.queue_pairs, 2, "VXLAN carries several queue pairs");
+        let v6 = parse(&[
+            "--vxlan-vni",
+            "16777215",
+            "--vxlan-local",
+            "[2001:db8::1]",
+            "--vxlan-remote",
+            "2001:db8::2",
+            "--vxlan-ageing",
+            "30",
+        ])
+        .unwrap();
+        let AttachmentConfig::Vxlan(v) = v6.attachment else {
+            panic!("not VXLAN")
+        };
+        assert_eq!(v.local, "[2001:db8::1]:4789".parse().unwrap());
+        assert_eq!(v.remotes, ["[2001:db8::2]:4789".parse().unwrap()]);
+        assert_eq!(v.ageing, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn vxlan_mistakes_say_what_to_fix() {
+        let base = |extra: &[&'static str]| {
+            let mut v = vec![
+                "--vxlan-vni",
+                "42",
+                "--vxlan-local",
+                "10.0.0.1",
+                "--vxlan-remote",
+                "10.0.0.2",
+            ];
+            v.extend_from_slice(extra);
+            v
+        };
+        for (argv, want) in [
+            (
+                vec!["--vxlan-vni", "16777216", "--vxlan-local", "10.0.0.1"],
+                "0 to 16777215",
+            ),
+            (vec!["--vxlan-vni", "x"], "--vxlan-vni"),
+            (
+                vec!["--vxlan-vni", "1", "--vxlan-remote", "10.0.0.2"],
+                "needs --vxlan-local",
+            ),
+            (
+                vec!["--vxlan-vni", "1", "--vxlan-local", "10.0.0.1"],
+                "at least one --vxlan-remote",
+            ),
+            (vec!["--vxlan-remote", "10.0.0.2"], "--vxlan-vni"),
+            (base(&["--vxlan-remote", "fe80::1"]), "one IP version"),
+            (base(&["--vxlan-remote", "10.0.0.2"]), "given twice"),
+            (base(&["--vxlan-remote", "239.1.1.1"]), "unicast address"),
+            (base(&["--vxlan-remote", "0.0.0.0"]), "unicast address"),
+            (base(&["--vxlan-remote", "host:4789"]), "use IP or IP:PORT"),
+            (
+                base(&["--vxlan-remote", "10.0.0.9:0"]),
+                "port from 1 to 65535",
+            ),
+            (base(&["--vxlan-fdb", "52:54:00:aa:bb:cc"]), "MAC=IP[:PORT]"),
+            (
+                base(&["--vxlan-fdb", "52:54:00:aa:bb=10.0.0.2"]),
+                "MAC=IP[:PORT]",
+            ),
+            (
+                base(&["--vxlan-fdb", "01:00:5e:00:00:01=10.0.0.2"]),
+                "unicast MAC",
+            ),
+            (
+                base(&["--vxlan-fdb", "52:54:00:aa:bb:cc=[::1]"]),
+                "one IP version",
+            ),
+            (base(&["--vxlan-ageing", "0"]), "from 1 to 1000000"),
+            (base(&["--vnet-hdr-peer"]), "plain Ethernet frames"),
+            (base(&["--tap", "t0"]), "cannot be used with"),
+            (
+                base(&["--udp", "10.0.0.1:1,10.0.0.2:2"]),
+                "cannot be used with",
+            ),
+        ] {
+            let err = parse(&argv).unwrap_err();
             assert!(err.contains(want), "{argv:?}: {err:?} lacks {want:?}");
         }
     }

@@ -30,8 +30,10 @@ pub struct DeviceSpec {
     pub mac: [u8; 6],
     pub mtu: Option<u16>,
     pub queue_size: u16,
-    /// The offloads the attachment accepts.
+    /// The offloads the attachment accepts from the guest (TX).
     pub offloads: Offloads,
+    /// The offloads the attachment may deliver to the guest (RX).
+    pub rx_offloads: Offloads,
     /// When TX frames are lent to the kernel (socket attachments).
     pub lend: LendPolicy,
     /// How long GET_VRING_BASE waits for lent TX chains.
@@ -74,7 +76,7 @@ impl NetDevice {
         }
         let config = NetConfigSpace::new(spec.mac, pairs.len() as u16, spec.mtu.unwrap_or(0));
         Ok(NetDevice {
-            offered: features::offered(spec.offloads, spec.mtu.is_some()),
+            offered: features::offered(spec.offloads, spec.rx_offloads, spec.mtu.is_some()),
             pairs,
             mem,
             spec,

@@ -25,27 +25,52 @@ const BASE: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_NET_F_MAC)
     | bit(VIRTIO_NET_F_MQ);
 
-/// The virtio feature bits offered to the frontend, given what the tap
-/// accepts (`tap`) and whether the device has an MTU to report.
-pub fn offered(tap: Offloads, mtu: bool) -> u64 {
+/// The virtio feature bits offered to the frontend, given what the
+/// attachment accepts from the guest (`tx`: HOST_* bits, which let the
+/// guest send offloaded frames) and may hand to it (`rx`: GUEST_* bits),
+/// and whether the device has an MTU to report. A tap does both alike; a
+/// VXLAN attachment takes offloaded frames but delivers plain ones.
+pub fn offered(tx: Offloads, rx: Offloads, mtu: bool) -> u64 {
     let mut f = BASE | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-    // HOST_* lets the guest send offloaded frames, which the tap accepts
-    // in the vnet header; GUEST_* lets the tap hand them to the guest.
-    for (ok, host, guest) in [
-        (tap.csum, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM),
-        (tap.tso4, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_GUEST_TSO4),
-        (tap.tso6, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_GUEST_TSO6),
-        (tap.tso_ecn, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_GUEST_ECN),
-        (tap.ufo, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_GUEST_UFO),
+    for (host_ok, host, guest_ok, guest) in [
+        (tx.csum, VIRTIO_NET_F_CSUM, rx.csum, VIRTIO_NET_F_GUEST_CSUM),
+        (
+            tx.tso4,
+            VIRTIO_NET_F_HOST_TSO4,
+            rx.tso4,
+            VIRTIO_NET_F_GUEST_TSO4,
+        ),
+        (
+            tx.tso6,
+            VIRTIO_NET_F_HOST_TSO6,
+            rx.tso6,
+            VIRTIO_NET_F_GUEST_TSO6,
+        ),
+        (
+            tx.tso_ecn,
+            VIRTIO_NET_F_HOST_ECN,
+            rx.tso_ecn,
+            VIRTIO_NET_F_GUEST_ECN,
+        ),
+        (
+            tx.ufo,
+            VIRTIO_NET_F_HOST_UFO,
+            rx.ufo,
+            VIRTIO_NET_F_GUEST_UFO,
+        ),
     ] {
-        if ok {
-            f |= bit(host) | bit(guest);
+        if host_ok {
+            f |= bit(host);
+        }
+        if guest_ok {
+            f |= bit(guest);
         }
     }
-    if tap.uso4 && tap.uso6 {
-        f |= bit(VIRTIO_NET_F_HOST_USO)
-            | bit(VIRTIO_NET_F_GUEST_USO4)
-            | bit(VIRTIO_NET_F_GUEST_USO6);
+    if tx.uso4 && tx.uso6 {
+        f |= bit(VIRTIO_NET_F_HOST_USO);
+    }
+    if rx.uso4 && rx.uso6 {
+        f |= bit(VIRTIO_NET_F_GUEST_USO4) | bit(VIRTIO_NET_F_GUEST_USO6);
     }
     if mtu {
         f |= bit(VIRTIO_NET_F_MTU);
@@ -134,15 +159,18 @@ mod tests {
     #[test]
     fn in_order_is_never_offered() {
         const VIRTIO_F_IN_ORDER: u32 = 35;
-        assert_eq!(offered(Offloads::ALL, true) & bit(VIRTIO_F_IN_ORDER), 0);
+        assert_eq!(
+            offered(Offloads::ALL, Offloads::ALL, true) & bit(VIRTIO_F_IN_ORDER),
+            0
+        );
     }
 
     #[test]
     fn offloads_follow_the_tap() {
-        let none = offered(Offloads::default(), false);
+        let none = offered(Offloads::default(), Offloads::default(), false);
         assert_eq!(none & bit(VIRTIO_NET_F_HOST_TSO4), 0);
         assert_eq!(none & bit(VIRTIO_NET_F_MTU), 0);
-        let all = offered(Offloads::ALL, true);
+        let all = offered(Offloads::ALL, Offloads::ALL, true);
         for b in [
             VIRTIO_NET_F_HOST_TSO4,
             VIRTIO_NET_F_GUEST_TSO6,
@@ -151,6 +179,32 @@ mod tests {
             VIRTIO_NET_F_MQ,
         ] {
             assert_ne!(all & bit(b), 0, "bit {b}");
+        }
+    }
+
+    #[test]
+    fn host_and_guest_offloads_may_differ() {
+        let tx_only = Offloads {
+            csum: true,
+            tso4: true,
+            tso6: true,
+            ..Offloads::default()
+        };
+        let f = offered(tx_only, Offloads::default(), false);
+        for b in [
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+        ] {
+            assert_ne!(f & bit(b), 0, "bit {b}");
+        }
+        for b in [
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_HOST_ECN,
+        ] {
+            assert_eq!(f & bit(b), 0, "bit {b}");
         }
     }
 

@@ -10,12 +10,16 @@ use std::sync::Arc;
 use std::thread;
 
 use log::{error, info, warn};
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use thiserror::Error;
+use zcnet_tap::vxlan::{VxlanMetrics, VxlanSnapshot};
 
 type Labels = Vec<(String, String)>;
 
@@ -160,6 +164,13 @@ impl Metrics {
         }
     }
 
+    /// Serves the VXLAN attachment's counters too (per queue pair, per
+    /// VTEP, per drop reason; see [`VxlanCollector`]).
+    pub fn register_vxlan(&mut self, vxlan: VxlanMetrics) {
+        self.registry
+            .register_collector(Box::new(VxlanCollector(vxlan)));
+    }
+
     /// The counters of queue pair `pair`.
     pub fn queue(&self, pair: usize) -> QueueMetrics {
         self.queues[pair].clone()
@@ -171,6 +182,176 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The VXLAN attachment's counters, read from its lock-free atomics (and
+/// the FDB, under its read lock) at each scrape. Labels: `queue_pair`,
+/// `vtep` (a VTEP's address; "unknown" for datagrams from no known VTEP,
+/// "none" for frames dropped before a VTEP was chosen) and `reason`.
+#[derive(Debug)]
+pub struct VxlanCollector(VxlanMetrics);
+
+/// One labelled family of the VXLAN collector.
+type Rows<'a> = Vec<(Vec<(&'static str, String)>, u64)>;
+
+impl VxlanCollector {
+    fn families(s: &VxlanSnapshot) -> Vec<(&'static str, &'static str, MetricType, Rows<'_>)> {
+        let st = &s.stats;
+        let per_vtep = |f: &dyn Fn(&zcnet_tap::vxlan::stats::VtepSnapshot) -> u64| -> Rows<'_> {
+            st.pairs
+                .iter()
+                .enumerate()
+                .flat_map(|(q, p)| {
+                    p.vteps.iter().enumerate().map(move |(v, c)| {
+                        (
+                            vec![("queue_pair", q.to_string()), ("vtep", st.vteps[v].clone())],
+                            f(c),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let drops = |rx: bool| -> Rows<'_> {
+            st.pairs
+                .iter()
+                .enumerate()
+                .flat_map(|(q, p)| {
+                    let v = if rx { &p.rx_dropped } else { &p.tx_dropped };
+                    v.iter().map(move |d| {
+                        (
+                            vec![
+                                ("queue_pair", q.to_string()),
+                                ("vtep", d.vtep.clone()),
+                                ("reason", d.reason.to_owned()),
+                            ],
+                            d.count,
+                        )
+                    })
+                })
+                .collect()
+        };
+        let lent_now: Rows<'_> = st
+            .pairs
+            .iter()
+            .enumerate()
+            .map(|(q, p)| (vec![("queue_pair", q.to_string())], p.lent_pages_now))
+            .collect();
+        let one = |v: u64| -> Rows<'_> { vec![(Vec::new(), v)] };
+        let refused: Rows<'_> = s
+            .fdb
+            .refused
+            .iter()
+            .map(|(r, n)| (vec![("reason", (*r).to_owned())], *n))
+            .collect();
+        use MetricType::{Counter as C, Gauge as G};
+        vec![
+            (
+                "zcnet_vxlan_tx_frames",
+                "Inner frames sent to a VTEP (each TSO segment counts)",
+                C,
+                per_vtep(&|c| c.tx_frames),
+            ),
+            (
+                "zcnet_vxlan_tx_bytes",
+                "Bytes of inner frames sent to a VTEP",
+                C,
+                per_vtep(&|c| c.tx_bytes),
+            ),
+            (
+                "zcnet_vxlan_rx_frames",
+                "Inner frames from a VTEP delivered to the guest",
+                C,
+                per_vtep(&|c| c.rx_frames),
+            ),
+            (
+                "zcnet_vxlan_rx_bytes",
+                "Bytes of inner frames from a VTEP delivered to the guest",
+                C,
+                per_vtep(&|c| c.rx_bytes),
+            ),
+            (
+                "zcnet_vxlan_tx_lent_pages",
+                "Guest pages lent to the kernel (MSG_ZEROCOPY) for sends to a VTEP",
+                C,
+                per_vtep(&|c| c.lent_pages),
+            ),
+            (
+                "zcnet_vxlan_tx_lent_pages_held",
+                "Guest pages the kernel holds now",
+                G,
+                lent_now,
+            ),
+            (
+                "zcnet_vxlan_rx_dropped",
+                "Datagrams from the underlay dropped, by reason",
+                C,
+                drops(true),
+            ),
+            (
+                "zcnet_vxlan_tx_dropped",
+                "Guest frames (or their remainder) not sent to a VTEP, by reason",
+                C,
+                drops(false),
+            ),
+            (
+                "zcnet_vxlan_fdb_learned_entries",
+                "Learned FDB entries held now",
+                G,
+                one(s.fdb.learned as u64),
+            ),
+            (
+                "zcnet_vxlan_fdb_added",
+                "FDB entries learned",
+                C,
+                one(s.fdb.added),
+            ),
+            (
+                "zcnet_vxlan_fdb_moved",
+                "Learned MACs that moved to another VTEP",
+                C,
+                one(s.fdb.moved),
+            ),
+            (
+                "zcnet_vxlan_fdb_aged_out",
+                "Learned FDB entries that expired",
+                C,
+                one(s.fdb.aged_out),
+            ),
+            (
+                "zcnet_vxlan_fdb_refused",
+                "Inner source MACs not learned, by reason",
+                C,
+                refused,
+            ),
+        ]
+    }
+}
+
+impl Collector for VxlanCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.0.snapshot();
+        for (name, help, kind, rows) in Self::families(&snap) {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            let gauge = matches!(kind, MetricType::Gauge);
+            let encode = |sample: MetricEncoder<'_>, value: u64| {
+                if gauge {
+                    ConstGauge::new(value as i64).encode(sample)
+                } else {
+                    ConstCounter::new(value).encode(sample)
+                }
+            };
+            match rows.as_slice() {
+                // An unlabelled metric: one sample, no braces.
+                [(labels, value)] if labels.is_empty() => encode(family, *value)?,
+                _ => {
+                    for (labels, value) in &rows {
+                        encode(family.encode_family(labels)?, *value)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -254,5 +435,33 @@ mod tests {
             text.contains("zcnet_malformed_chains_total{queue_pair=\"0\"} 1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn vxlan_counters_render_with_their_labels() {
+        let vx = zcnet_tap::vxlan::open(&zcnet_tap::vxlan::VxlanConfig {
+            vni: zcnet_tap::vxlan::Vni::new(7).unwrap(),
+            local: "127.0.0.1:0".parse().unwrap(),
+            remotes: vec!["127.0.0.2:4789".parse().unwrap()],
+            statics: Vec::new(),
+            ageing: std::time::Duration::from_secs(300),
+            queue_pairs: 2,
+            zerocopy: false,
+            lend_tso: true,
+        })
+        .expect("a VXLAN attachment on loopback");
+        let mut m = Metrics::new(2);
+        m.register_vxlan(vx.metrics.clone());
+        let text = m.render();
+        for line in [
+            "zcnet_vxlan_tx_frames_total{queue_pair=\"1\",vtep=\"127.0.0.2:4789\"} 0\n",
+            "zcnet_vxlan_rx_dropped_total{queue_pair=\"0\",vtep=\"unknown\",reason=\"wrong_vni\"} 0\n",
+            "zcnet_vxlan_tx_dropped_total{queue_pair=\"0\",vtep=\"none\",reason=\"too_big\"} 0\n",
+            "zcnet_vxlan_tx_lent_pages_held{queue_pair=\"1\"} 0\n",
+            "zcnet_vxlan_fdb_learned_entries 0\n",
+            "zcnet_vxlan_fdb_refused_total{reason=\"unknown_vtep\"} 0\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in:\n{text}");
+        }
     }
 }

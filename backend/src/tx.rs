@@ -202,6 +202,10 @@ pub fn process(
                 // it refills the ring while zcnet still works on it, and
                 // takes in completions of lent chains.
                 batch = 0;
+                // The counters too: a guest that keeps the ring full keeps
+                // this loop going for as long as it sends.
+                ctx.metrics.tx_frames.inc_by(std::mem::take(&mut frames));
+                ctx.metrics.tx_bytes.inc_by(std::mem::take(&mut bytes));
                 used |= reap(ctx, st, &mut vs)?;
                 if used {
                     st.ring.notify(&mut vs)?;

@@ -36,6 +36,7 @@ fn zcnet_guest(name: &str, daemon: &Daemon, cpus: usize, queues: usize, mode: &s
             socket: &daemon.socket,
             queues,
             reconnect: mode == "reconnect",
+            host_mtu: None,
         },
         ip: VmSpec::IP,
         server: VmSpec::SERVER,

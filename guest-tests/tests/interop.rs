@@ -107,6 +107,7 @@ fn talk(ns: &NetNs, daemon: &Daemon, b: Nic, what: &str) {
             socket: &daemon.socket,
             queues: 1,
             reconnect: false,
+            host_mtu: None,
         },
         ip: "10.77.0.2/24",
         server: "10.77.0.3",

@@ -127,8 +127,15 @@ pub trait Attachment: Send {
         unsafe { libc::poll(&mut pfd, 1, ms) };
     }
 
-    /// The offloads this attachment can carry in both directions.
+    /// The offloads this attachment can carry in both directions (TX:
+    /// what the guest may send, HOST_*).
     fn supported_offloads(&self) -> Offloads;
+
+    /// The offloads this attachment may deliver to the guest on RX
+    /// (GUEST_*); by default the same as [`supported_offloads`](Self::supported_offloads).
+    fn rx_offloads(&self) -> Offloads {
+        self.supported_offloads()
+    }
 
     /// Follows what a guest negotiated (called on every SET_FEATURES).
     fn configure(&mut self, guest: GuestConfig) -> io::Result<()>;

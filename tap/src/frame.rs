@@ -11,6 +11,7 @@
 use std::marker::PhantomData;
 
 use crate::vnet_hdr::VnetHdr;
+use crate::vxlan::csum::{Csum, PayloadSum};
 
 /// One guest TX frame: its virtio-net header, already validated and
 /// normalised (a copy in zcnet's memory, so the guest cannot change it
@@ -87,11 +88,10 @@ impl<'a> TxFrame<'a> {
         self.read_at(0, out)
     }
 
-    /// Copies up to `out.len()` bytes of the frame from byte `skip` on
-    /// into `out` (volatile reads: the guest may be writing them); returns
-    /// how many were copied.
-    pub fn read_at(&self, skip: usize, out: &mut [u8]) -> usize {
-        read_volatile(self.payload(), skip, out)
+    /// Copies up to `out.len()` bytes from byte `offset` of the frame on
+    /// into `out` (volatile reads); returns how many were copied.
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) -> usize {
+        read_volatile_at(self.payload(), offset, out)
     }
 
     /// The frame's iovecs from byte `skip` on, at most `take` bytes,
@@ -99,6 +99,29 @@ impl<'a> TxFrame<'a> {
     /// has grown).
     pub fn slice_into(&self, skip: usize, take: usize, out: &mut Vec<libc::iovec>) {
         slice_iovecs(self.payload(), skip, take, out);
+    }
+}
+
+/// Sums of the frame's bytes for checksum offload, read from guest memory
+/// (volatile reads, a chunk at a time through a buffer on the stack). The
+/// guest may change the bytes meanwhile: that spoils only its own frame's
+/// checksum (see `vxlan::segment`).
+impl PayloadSum for TxFrame<'_> {
+    fn sum(&self, offset: usize, len: usize) -> u32 {
+        let mut chunk = [0u8; 2048];
+        let mut c = Csum::new();
+        let mut at = offset;
+        let end = offset.saturating_add(len).min(self.len);
+        while at < end {
+            let n = (end - at).min(chunk.len());
+            let got = self.read_at(at, &mut chunk[..n]);
+            c.add(&chunk[..got]);
+            if got < n {
+                break;
+            }
+            at += n;
+        }
+        u32::from(c.fold())
     }
 }
 
@@ -202,6 +225,18 @@ impl<'a> RxBuffers<'a> {
         true
     }
 
+    /// Copies `out.len()` bytes from byte `offset` of the buffers (overflow
+    /// included) into `out`, with volatile reads: what a receive just put
+    /// there. Returns false, copying nothing, if the buffers are shorter.
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) -> bool {
+        if offset.saturating_add(out.len()) > self.capacity() {
+            return false;
+        }
+        // The constructor's contract makes every range mapped for `'a`;
+        // writable memory is readable.
+        read_volatile_at(self.iov, offset, out) == out.len()
+    }
+
     /// Fills the first `len` bytes with zeros (a header the peer did not
     /// send). Returns false, writing nothing, if the buffers are shorter.
     pub fn zero_prefix(&mut self, len: usize) -> bool {
@@ -219,44 +254,67 @@ impl<'a> RxBuffers<'a> {
     }
 }
 
-/// Copies up to `out.len()` bytes from the memory `iov` describes, from
-/// byte `skip` on.
-fn read_volatile(iov: &[libc::iovec], mut skip: usize, out: &mut [u8]) -> usize {
-    /// Bytes per volatile read: one word at a time, not one byte.
-    const WORD: usize = 8;
+/// Copies up to `out.len()` bytes from byte `offset` of the memory `iov`
+/// describes; returns how many were copied.
+///
+/// `iov` must come from a `TxFrame` or `RxBuffers`, whose constructors'
+/// contracts keep every range mapped and readable while they are borrowed
+/// (as they are for this call).
+fn read_volatile_at(iov: &[libc::iovec], mut offset: usize, out: &mut [u8]) -> usize {
     let mut done = 0;
     for v in iov {
         if done == out.len() {
             break;
         }
-        if skip >= v.iov_len {
-            skip -= v.iov_len;
+        if offset >= v.iov_len {
+            offset -= v.iov_len;
             continue;
         }
-        let n = (v.iov_len - skip).min(out.len() - done);
-        let src = (v.iov_base as *const u8).wrapping_add(skip);
-        let dst = &mut out[done..done + n];
-        let mut chunks = dst.chunks_exact_mut(WORD);
-        let mut at = 0;
-        for chunk in &mut chunks {
-            // SAFETY: `iov` comes from a `TxFrame`, whose constructor's
-            // contract keeps every range mapped and readable while the
-            // frame is borrowed; `skip + at + WORD <= iov_len`. A volatile
-            // read of a byte array (alignment 1) forms no Rust reference
-            // to memory the guest may be writing.
-            let word: [u8; WORD] = unsafe { std::ptr::read_volatile(src.add(at).cast()) };
-            chunk.copy_from_slice(&word);
-            at += WORD;
-        }
-        for b in chunks.into_remainder() {
-            // SAFETY: as above, one byte at `skip + at < iov_len`.
-            *b = unsafe { std::ptr::read_volatile(src.add(at)) };
-            at += 1;
-        }
+        let n = (v.iov_len - offset).min(out.len() - done);
+        // SAFETY: the range `offset..offset + n` lies inside `v`
+        // (`offset < iov_len`, `n <= iov_len - offset`), which the callers'
+        // contracts keep mapped and readable for this call.
+        unsafe {
+            copy_volatile(
+                v.iov_base.cast::<u8>().add(offset),
+                &mut out[done..done + n],
+            )
+        };
         done += n;
-        skip = 0;
+        offset = 0;
     }
     done
+}
+
+/// Copies `dst.len()` bytes from `src` with volatile reads: aligned 8-byte
+/// loads for the bulk, single bytes at the ends. Volatile loads form no
+/// Rust reference to memory the guest may be writing, and are never
+/// elided or merged by the compiler.
+///
+/// # Safety
+/// `src..src + dst.len()` must be mapped and readable for the call, and
+/// must not overlap `dst`.
+unsafe fn copy_volatile(src: *const u8, dst: &mut [u8]) {
+    let len = dst.len();
+    let head = src.align_offset(8).min(len);
+    let mut i = 0;
+    while i < head {
+        // SAFETY: `i < len`: inside the readable range (this fn's contract).
+        dst[i] = unsafe { std::ptr::read_volatile(src.add(i)) };
+        i += 1;
+    }
+    while i + 8 <= len {
+        // SAFETY: `src + i` is 8-byte aligned (`head` aligned it and each
+        // step adds 8) and `i + 8 <= len` keeps the load in range.
+        let w = unsafe { std::ptr::read_volatile(src.add(i).cast::<u64>()) };
+        dst[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+        i += 8;
+    }
+    while i < len {
+        // SAFETY: `i < len`: inside the readable range.
+        dst[i] = unsafe { std::ptr::read_volatile(src.add(i)) };
+        i += 1;
+    }
 }
 
 /// Appends to `out` the iovecs of `iov` past its first `skip` bytes, at
@@ -378,5 +436,61 @@ mod tests {
         }
         assert_eq!(a, [0, 0, 0, 2]);
         assert_eq!(b[..3], [3, 4, 7]);
+    }
+
+    #[test]
+    fn rx_buffers_read_back_what_was_written_across_iovecs() {
+        let (mut a, mut b) = ([0u8; 5], [0u8; 30]);
+        let mut v = [iov(&mut a), iov(&mut b)];
+        // SAFETY: the iovecs describe the local arrays, alive and not
+        // otherwise borrowed while `bufs` lives.
+        let mut bufs = unsafe { RxBuffers::new(&mut v, 35) };
+        let bytes: Vec<u8> = (1..=20).collect();
+        assert!(bufs.write_at(3, &bytes));
+        let mut out = [0u8; 20];
+        assert!(bufs.read_at(3, &mut out));
+        assert_eq!(&out[..], &bytes[..]);
+        assert!(!bufs.read_at(20, &mut out), "past the end");
+    }
+
+    #[test]
+    fn frame_sums_match_a_slice_at_every_offset_and_alignment() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 + i / 3) as u8).collect();
+        // Odd-sized pieces at odd addresses, so the aligned loads and the
+        // byte ends of `copy_volatile` are all used.
+        let mut store = data.clone();
+        let (p1, rest) = store.split_at_mut(1);
+        let (p2, rest) = rest.split_at_mut(1021);
+        let (p3, p4) = rest.split_at_mut(7);
+        let mut v = [
+            libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            iov(p1),
+            iov(p2),
+            iov(p3),
+            iov(p4),
+        ];
+        // SAFETY: the iovecs describe `store`, alive and not otherwise
+        // borrowed for the frame's life.
+        let f = unsafe { TxFrame::new(VnetHdr::default(), &mut v) };
+        for (offset, len) in [
+            (0, 3000),
+            (1, 2999),
+            (3, 17),
+            (1020, 12),
+            (2990, 50),
+            (5000, 4),
+        ] {
+            assert_eq!(
+                f.sum(offset, len),
+                data[..].sum(offset, len),
+                "{offset}+{len}"
+            );
+        }
+        let mut out = [0u8; 40];
+        assert_eq!(f.read_at(1015, &mut out), 40);
+        assert_eq!(&out[..], &data[1015..1055]);
     }
 }

@@ -22,7 +22,7 @@ use crate::vnet_hdr::{
 use crate::vxlan::header::{VXLAN_FLAG_I, VXLAN_HEADER_LEN};
 use crate::vxlan::layout::MAX_HEADERS_LEN;
 use crate::vxlan::segment::UDP_MAX_SEGMENTS;
-use crate::vxlan::{decapsulate, TsoLimits, TsoPlan, Underlay, VirtioNetHdr, Vni};
+use crate::vxlan::{decapsulate, TsoLimits, TsoPlan, Underlay, Vni};
 use crate::Offloads;
 
 fn u8_(u: &mut Unstructured) -> u8 {
@@ -247,7 +247,7 @@ pub fn vxlan(data: &[u8]) {
         "a 7-byte head"
     );
 
-    let vnet = VirtioNetHdr::parse(&array(&mut u));
+    let vnet = VnetHdr::parse(&array(&mut u));
     let underlay = if u8_(&mut u) & 1 == 0 {
         Underlay::Ipv4
     } else {

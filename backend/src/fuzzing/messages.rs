@@ -251,6 +251,7 @@ pub fn vhost_daemon(data: &[u8]) {
         mtu: None,
         queue_size: QUEUE_SIZE,
         offloads: Offloads::ALL,
+        rx_offloads: Offloads::ALL,
         lend: LendPolicy {
             mode: ZeroCopyMode::Off,
             min_bytes: 8192,

@@ -7,7 +7,10 @@
 //! namespace, and measures each workload against a raw tap writer (or
 //! reader) in another namespace. Then it sends through `--udp` out of an
 //! `ifb` device, with zero-copy on and off, over a sweep of frame sizes
-//! from cold buffers. Repetitions go round-robin across the workloads. The
+//! from cold buffers, and through `--vxlan-vni` out of an `ifb` device:
+//! 1514-byte and 64 KiB TSO frames, lent and copied, and TSO against the
+//! guest segmenting itself (`--vxlan-only` runs just those). Repetitions
+//! go round-robin across the workloads. The
 //! Markdown report goes to stdout, every repetition's numbers to
 //! `OUT/bench.json`, the tap TX chart to `OUT/bench.svg` and the UDP CPU
 //! per GB chart to `OUT/bench-udp.svg`.
@@ -27,6 +30,7 @@ mod raw_tap;
 mod report;
 mod sample;
 mod udp;
+mod vxlan;
 mod workload;
 
 use std::error::Error as _;
@@ -59,6 +63,10 @@ struct Args {
     /// target/bench of the target directory this binary was built in].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Only the VXLAN workloads: their report section on stdout and
+    /// their numbers in OUT/bench-vxlan.json.
+    #[arg(long)]
+    vxlan_only: bool,
 }
 
 /// How long and how often.
@@ -129,6 +137,13 @@ enum BenchError {
         #[source]
         source: MeasureError,
     },
+    #[error("{case}, repetition {repetition}")]
+    MeasureVxlan {
+        case: String,
+        repetition: usize,
+        #[source]
+        source: MeasureError,
+    },
     #[error("idle check, repetition {repetition}")]
     Idle {
         repetition: usize,
@@ -170,6 +185,9 @@ fn run(args: &Args) -> Result<(), BenchError> {
     let zcnet = ZcnetBin::locate()?;
     let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
     let plan = Plan::new(args.quick);
+    if args.vxlan_only {
+        return run_vxlan_only(&zcnet, &plan, out_dir, started);
+    }
     let command = command_line();
     let machine = Machine::this();
     eprintln!(
@@ -187,6 +205,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
     );
 
     let (mut samples, mut udp_samples, mut idle) = (Vec::new(), Vec::new(), Vec::new());
+    let mut vxlan_samples = Vec::new();
     for repetition in 0..plan.repetitions {
         // Alternate which side goes first, so neither always runs on a
         // machine the other just warmed.
@@ -255,6 +274,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
                 udp_samples.push(s);
             }
         }
+        vxlan_repetition(&zcnet, &plan, repetition, &mut vxlan_samples)?;
         let i = measure::tap::idle(&zcnet, repetition, plan.timing)
             .map_err(|source| BenchError::Idle { repetition, source })?;
         eprintln!(
@@ -269,6 +289,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
 
     let summary = report::tap::summarize(&samples);
     let udp = report::udp::summarize(&udp_samples, plan.udp_sizes);
+    let vxlan = report::vxlan::summarize(&vxlan_samples);
     let run = Run {
         command,
         machine,
@@ -284,6 +305,8 @@ fn run(args: &Args) -> Result<(), BenchError> {
         summary,
         udp_samples,
         udp,
+        vxlan_samples,
+        vxlan,
         not_measured: vec![report::NOT_MEASURED_STREAM],
     };
     print!("{}", report::markdown(&run));
@@ -338,6 +361,92 @@ fn run(args: &Args) -> Result<(), BenchError> {
         .collect();
     if !empty.is_empty() {
         return Err(BenchError::NoFrames(empty.join(", ")));
+    }
+    Ok(())
+}
+
+/// One repetition of every VXLAN case, in the order `modes` puts first.
+fn vxlan_repetition(
+    zcnet: &ZcnetBin,
+    plan: &Plan,
+    repetition: usize,
+    out: &mut Vec<measure::vxlan::VxlanSample>,
+) -> Result<(), BenchError> {
+    let mut cases = vxlan::VxlanCase::ALL.to_vec();
+    if repetition % 2 == 1 {
+        // Alternate which mode of each pair goes first.
+        cases.chunks_mut(2).for_each(|c| c.reverse());
+    }
+    for case in cases {
+        let s =
+            measure::vxlan::run(zcnet, case, repetition, plan.udp_timing).map_err(|source| {
+                BenchError::MeasureVxlan {
+                    case: case.title(),
+                    repetition,
+                    source,
+                }
+            })?;
+        eprintln!(
+            "  {}/{} {:<62} {:>10.0} frames/s {:>8.3} Gbit/s {:>7.3} CPU s/GB  \
+             {:.1} inner frames per frame, {:.1} ids per lent frame, kernel copied {}/{}",
+            repetition + 1,
+            plan.repetitions,
+            case.title(),
+            s.sample.frames_per_second(),
+            s.sample.gbit_per_second(),
+            s.sample.cpu_seconds_per_gb(),
+            s.inner_frames as f64 / s.zcnet.frames.max(1) as f64,
+            s.zcnet.zerocopy_completed as f64 / s.zcnet.zerocopy_sends.max(1) as f64,
+            s.zcnet.zerocopy_copied,
+            s.zcnet.zerocopy_completed,
+        );
+        out.push(s);
+    }
+    Ok(())
+}
+
+/// `--vxlan-only`: the VXLAN workloads alone.
+fn run_vxlan_only(
+    zcnet: &ZcnetBin,
+    plan: &Plan,
+    out_dir: PathBuf,
+    started: Instant,
+) -> Result<(), BenchError> {
+    let mut samples = Vec::new();
+    for repetition in 0..plan.repetitions {
+        vxlan_repetition(zcnet, plan, repetition, &mut samples)?;
+    }
+    let summary = report::vxlan::summarize(&samples);
+    let machine = Machine::this();
+    let mut text = format!(
+        "# zcnet-bench --vxlan-only\n\n- command: `{}`\n- machine: {}, {} cores, Linux {}\n\
+         - mode: {}: {} repetition(s); cells are median (min..max)\n",
+        command_line(),
+        machine.cpu_model,
+        machine.cores,
+        machine.kernel,
+        plan.mode,
+        plan.repetitions
+    );
+    report::vxlan::markdown(
+        &mut text,
+        &summary,
+        plan.udp_timing.warmup.as_secs_f64(),
+        plan.udp_timing.window.as_secs_f64(),
+    );
+    print!("{text}");
+    fs::create_dir_all(&out_dir).map_err(|e| BenchError::Write(out_dir.clone(), e))?;
+    let path = out_dir.join("bench-vxlan.json");
+    let json = serde_json::json!({ "samples": samples, "summary": summary });
+    fs::write(&path, json.to_string() + "\n").map_err(|e| BenchError::Write(path.clone(), e))?;
+    println!("\nRaw numbers (every repetition): {}", path.display());
+    println!(
+        "Took {:.0} s ({} mode).",
+        started.elapsed().as_secs_f64(),
+        plan.mode
+    );
+    if let Some(s) = samples.iter().find(|s| s.sample.frames == 0) {
+        return Err(BenchError::NoFrames(s.case.title()));
     }
     Ok(())
 }

@@ -286,7 +286,7 @@ impl Daemon {
         sample_value(text, &format!("{metric} "))
     }
 
-    /// The value of `metric{queue="q"}` in a scrape.
+    /// The value of `metric{queue_pair="q"}` in a scrape.
     pub fn metric(text: &str, metric: &str, queue: usize) -> u64 {
         sample_value(text, &format!("{metric}{{queue_pair=\"{queue}\"}} "))
     }

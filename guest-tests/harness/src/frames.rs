@@ -225,13 +225,33 @@ pub fn tcp4_frame(
     dst: [u8; 6],
     src: [u8; 6],
 ) -> (Gso, Vec<u8>) {
+    tcp4_frame_between(
+        payload_len,
+        mss,
+        src_port,
+        dst,
+        src,
+        [10, 0, 0, 2],
+        [10, 0, 0, 1],
+    )
+}
+
+/// [`tcp4_frame`] from IPv4 address `saddr` to `daddr`.
+pub fn tcp4_frame_between(
+    payload_len: usize,
+    mss: u16,
+    src_port: u16,
+    dst: [u8; 6],
+    src: [u8; 6],
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+) -> (Gso, Vec<u8>) {
     let ip_len = 20 + 20 + payload_len;
     assert!(ip_len <= 65535);
     let mut f = Vec::with_capacity(14 + ip_len);
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let (saddr, daddr) = ([10, 0, 0, 2], [10, 0, 0, 1]);
     let mut ip = [0u8; 20];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
@@ -270,7 +290,9 @@ pub fn tcp4_frame(
     (Gso { hdr }, f)
 }
 
-fn checksum(bytes: &[u8], init: u32) -> u16 {
+/// The Internet checksum (RFC 1071) of `bytes`, the naive way: what a
+/// receiver computes over a header or pseudo-header and segment.
+pub fn checksum(bytes: &[u8], init: u32) -> u16 {
     let mut sum = init;
     for c in bytes.chunks(2) {
         sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));

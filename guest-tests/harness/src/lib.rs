@@ -20,6 +20,7 @@ pub mod setup;
 pub mod stream_lab;
 pub mod udp_lab;
 pub mod vm;
+pub mod vxlan_lab;
 
 /// The vhost crate with its frontend, as the fake guest speaks it, for
 /// tests that send vhost-user messages themselves.

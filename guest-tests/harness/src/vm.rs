@@ -26,6 +26,10 @@ pub enum Nic<'a> {
         socket: &'a std::path::Path,
         queues: usize,
         reconnect: bool,
+        /// The MTU QEMU offers the guest (`host_mtu=`): QEMU builds the
+        /// virtio-net config space itself, so the backend's MTU reaches a
+        /// QEMU guest only this way.
+        host_mtu: Option<u16>,
     },
     /// QEMU's own `-netdev tap` on a tap inside `ns` (QEMU runs in `ns`).
     QemuTap { ns: &'a NetNs, tap: &'a str },
@@ -118,6 +122,7 @@ impl Vm {
                 socket,
                 queues,
                 reconnect,
+                host_mtu,
             } => {
                 let reconnect = if reconnect { ",reconnect-ms=500" } else { "" };
                 cmd.arg("-chardev")
@@ -129,8 +134,9 @@ impl Vm {
                 } else {
                     String::new()
                 };
+                let mtu = host_mtu.map_or(String::new(), |m| format!(",host_mtu={m}"));
                 cmd.arg("-device")
-                    .arg(format!("virtio-net-pci,netdev=n0,mac={mac}{mq}"));
+                    .arg(format!("virtio-net-pci,netdev=n0,mac={mac}{mq}{mtu}"));
             }
             Nic::QemuTap { tap, .. } => {
                 cmd.arg("-netdev").arg(format!(

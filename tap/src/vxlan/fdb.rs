@@ -44,6 +44,13 @@ use super::header::VXLAN_PORT;
 pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
 /// Default cap on learned entries.
 pub const DEFAULT_MAX_LEARNED: usize = 4096;
+/// How long a learned entry may go without its age being restarted while
+/// its MAC keeps arriving from the same VTEP: [`Fdb::is_current`] says
+/// "nothing to learn" within it, so a shared FDB is written (and its write
+/// lock taken) about once a second per active MAC, not once per frame. An
+/// entry therefore ages out up to this much earlier than the ageing time
+/// after its last frame.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often, at most, a full table sweeps itself for expired entries
 /// while learning (the kernel's `FDB_AGE_INTERVAL`).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -330,6 +337,30 @@ impl Fdb {
         self.learned += 1;
         self.stats.added += 1;
         Learned::Added
+    }
+
+    /// Whether [`learn`](Self::learn) of `src` from `from` at `now` would
+    /// change nothing that matters: learning is off, `src` has a static
+    /// entry for that VTEP, or a learned one for it that was refreshed
+    /// less than [`REFRESH_INTERVAL`] ago. A shared FDB answers this under
+    /// its read lock and takes the write lock only when it says false.
+    /// Never allocates.
+    pub fn is_current(&self, src: MacAddr, from: IpAddr, now: Instant) -> bool {
+        if self.config.learning == Learning::Off {
+            return true;
+        }
+        let Some(e) = self.entries.get(&src) else {
+            return false;
+        };
+        if e.vtep.ip() != from.to_canonical() {
+            return false;
+        }
+        match e.origin {
+            Origin::Static => true,
+            Origin::Learned { updated } => {
+                now.saturating_duration_since(updated) < REFRESH_INTERVAL.min(self.config.ageing)
+            }
+        }
     }
 
     /// Removes the learned entries expired at `now`; returns how many.
@@ -642,6 +673,32 @@ mod tests {
         let _ = f.lookup(MacAddr::BROADCAST, t0);
         f.expire(t0 + DEFAULT_AGEING);
         assert_eq!(allocations() - before, 0);
+    }
+
+    #[test]
+    fn only_a_change_or_a_stale_age_needs_learning() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut f = fdb(FdbConfig::default());
+        assert!(!f.is_current(mac(1), ip(A), t0), "unknown: learn it");
+        f.learn(mac(1), ip(A), t0);
+        assert!(f.is_current(mac(1), ip(A), t0 + ms(999)));
+        assert!(
+            !f.is_current(mac(1), ip(A), t0 + ms(1000)),
+            "refresh its age"
+        );
+        assert!(!f.is_current(mac(1), ip(B), t0), "moved: learn it");
+        f.add_static(mac(2), addr(B)).unwrap();
+        assert!(f.is_current(mac(2), ip(B), t0 + Duration::from_secs(9999)));
+        assert!(
+            !f.is_current(mac(2), ip(A), t0),
+            "a conflict is refused by learn"
+        );
+        let off = fdb(FdbConfig {
+            learning: Learning::Off,
+            ..FdbConfig::default()
+        });
+        assert!(off.is_current(mac(1), ip(A), t0));
     }
 
     #[test]

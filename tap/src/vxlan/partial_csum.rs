@@ -22,7 +22,7 @@
 use thiserror::Error;
 
 use super::csum::{Csum, PayloadSum};
-use super::vnet::VirtioNetHdr;
+use crate::vnet_hdr::VnetHdr;
 
 /// Why a NEEDS_CSUM frame's checksum cannot be completed. The guest's
 /// fault in every case.
@@ -53,7 +53,7 @@ pub enum CsumError {
 /// `out` keeps its capacity from call to call: no allocation once it has
 /// held the largest prefix.
 pub fn complete_checksum<P: PayloadSum + ?Sized>(
-    vnet: &VirtioNetHdr,
+    vnet: &VnetHdr,
     head: &[u8],
     frame_len: usize,
     frame: &P,

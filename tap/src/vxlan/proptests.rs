@@ -17,14 +17,14 @@ use super::layout::MAX_HEADERS_LEN;
 use super::partial_csum::complete_checksum;
 use super::segment::{TsoLimits, TsoPlan, UDP_MAX_SEGMENTS};
 use super::testutil::{naive_sum, pattern, verify_plan, TcpFrame};
-use super::vnet::{VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM};
+use crate::vnet_hdr::{VnetHdr, F_NEEDS_CSUM};
 
 fn underlay() -> impl Strategy<Value = Underlay> {
     prop_oneof![Just(Underlay::Ipv4), Just(Underlay::Ipv6)]
 }
 
 /// Any header, with the interesting GSO types and flags made likely.
-fn any_vnet() -> impl Strategy<Value = VirtioNetHdr> {
+fn any_vnet() -> impl Strategy<Value = VnetHdr> {
     let gso_type = prop_oneof![0u8..=5, Just(0x81u8), Just(0x84u8), any::<u8>()];
     let small = prop_oneof![0u16..200, any::<u16>()];
     (
@@ -36,7 +36,7 @@ fn any_vnet() -> impl Strategy<Value = VirtioNetHdr> {
         small,
     )
         .prop_map(
-            |(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)| VirtioNetHdr {
+            |(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)| VnetHdr {
                 flags,
                 gso_type,
                 hdr_len,
@@ -196,11 +196,11 @@ proptest! {
         let len = frame.len();
         let start = start.index(len - 1);
         let offset = offset.index(len - 1 - start);
-        let vnet = VirtioNetHdr {
-            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        let vnet = VnetHdr {
+            flags: F_NEEDS_CSUM,
             csum_start: start as u16,
             csum_offset: offset as u16,
-            ..VirtioNetHdr::default()
+            ..VnetHdr::default()
         };
         let mut out = Vec::new();
         let n = complete_checksum(&vnet, &frame, len, &frame[..], &[], &mut out).unwrap();

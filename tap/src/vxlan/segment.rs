@@ -51,7 +51,7 @@ use thiserror::Error;
 use super::csum::{Csum, PayloadSum};
 use super::header::{Underlay, UDP_HEADER_LEN};
 use super::layout::{IpVersion, LayoutError, TcpLayout, IPPROTO_TCP, IPV4_HEADER_LEN};
-use super::vnet::{VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6};
+use crate::vnet_hdr::{VnetHdr, GSO_TCPV4, GSO_TCPV6};
 
 /// The most datagrams one `UDP_SEGMENT` send may carry: the kernel's
 /// `UDP_MAX_SEGMENTS` (`include/linux/udp.h`), `1 << 6` since `UDP_SEGMENT`
@@ -184,7 +184,7 @@ impl TsoPlan {
     /// On error the plan is empty.
     pub fn plan<P: PayloadSum + ?Sized>(
         &mut self,
-        vnet: &VirtioNetHdr,
+        vnet: &VnetHdr,
         headers: &[u8],
         frame_len: usize,
         frame: &P,
@@ -193,8 +193,8 @@ impl TsoPlan {
     ) -> Result<(), SegmentError> {
         self.clear();
         let ip = match vnet.gso() {
-            VIRTIO_NET_HDR_GSO_TCPV4 => IpVersion::V4,
-            VIRTIO_NET_HDR_GSO_TCPV6 => IpVersion::V6,
+            GSO_TCPV4 => IpVersion::V4,
+            GSO_TCPV6 => IpVersion::V6,
             _ => return Err(SegmentError::NotTso(vnet.gso_type)),
         };
         if vnet.gso_size == 0 {

@@ -7,7 +7,7 @@ use super::layout::{IpVersion, LayoutError, MAX_HEADERS_LEN};
 use super::partial_csum::{complete_checksum, CsumError};
 use super::segment::{SegmentError, TsoLimits, TsoPlan, MAX_FRAME_SEGMENTS, UDP_MAX_SEGMENTS};
 use super::testutil::{allocations, naive_sum, pattern, verify_plan, TcpFrame, ACK, CWR, FIN, PSH};
-use super::vnet::{VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4};
+use crate::vnet_hdr::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV6, GSO_UDP_L4};
 
 const JUMBO_V4: TsoLimits = TsoLimits {
     underlay: Underlay::Ipv4,
@@ -229,28 +229,28 @@ fn header_lies_are_refused() {
     let spec = TcpFrame::new(false, 3000);
     let frame = spec.build();
     let good = spec.vnet(1000);
-    let plan = |vnet: VirtioNetHdr, headers: &[u8], frame_len: usize| {
+    let plan = |vnet: VnetHdr, headers: &[u8], frame_len: usize| {
         TsoPlan::new().plan(&vnet, headers, frame_len, &frame[..], &[], JUMBO_V4)
     };
     let len = frame.len();
     assert_eq!(plan(good, &frame, len), Ok(()));
 
-    let none = VirtioNetHdr {
+    let none = VnetHdr {
         gso_type: 0,
         ..good
     };
     assert_eq!(plan(none, &frame, len), Err(SegmentError::NotTso(0)));
-    let uso = VirtioNetHdr {
-        gso_type: VIRTIO_NET_HDR_GSO_UDP_L4,
+    let uso = VnetHdr {
+        gso_type: GSO_UDP_L4,
         ..good
     };
     assert_eq!(plan(uso, &frame, len), Err(SegmentError::NotTso(5)));
-    let zero = VirtioNetHdr {
+    let zero = VnetHdr {
         gso_size: 0,
         ..good
     };
     assert_eq!(plan(zero, &frame, len), Err(SegmentError::ZeroGsoSize));
-    let long = VirtioNetHdr {
+    let long = VnetHdr {
         hdr_len: len as u16 + 1,
         ..good
     };
@@ -260,13 +260,10 @@ fn header_lies_are_refused() {
     ));
     // hdr_len is only a hint: smaller than the headers is fine (Linux
     // guests send their linear length, which may be larger, too).
-    assert_eq!(
-        plan(VirtioNetHdr { hdr_len: 0, ..good }, &frame, len),
-        Ok(())
-    );
+    assert_eq!(plan(VnetHdr { hdr_len: 0, ..good }, &frame, len), Ok(()));
 
-    let v6 = VirtioNetHdr {
-        gso_type: super::vnet::VIRTIO_NET_HDR_GSO_TCPV6,
+    let v6 = VnetHdr {
+        gso_type: GSO_TCPV6,
         ..good
     };
     assert_eq!(
@@ -276,7 +273,7 @@ fn header_lies_are_refused() {
             found: "IPv4",
         }))
     );
-    let wrong_csum = VirtioNetHdr {
+    let wrong_csum = VnetHdr {
         csum_offset: 6,
         ..good
     };
@@ -284,7 +281,7 @@ fn header_lies_are_refused() {
         plan(wrong_csum, &frame, len),
         Err(SegmentError::CsumNotTcp { .. })
     ));
-    let wrong_start = VirtioNetHdr {
+    let wrong_start = VnetHdr {
         csum_start: 14,
         ..good
     };
@@ -294,7 +291,7 @@ fn header_lies_are_refused() {
     ));
     // Without NEEDS_CSUM the offsets are not looked at; checksums are
     // computed all the same.
-    let no_csum = VirtioNetHdr {
+    let no_csum = VnetHdr {
         flags: 0,
         csum_start: 0,
         csum_offset: 0,
@@ -311,7 +308,7 @@ fn header_lies_are_refused() {
         }))
     );
     assert_eq!(
-        plan(VirtioNetHdr { hdr_len: 0, ..good }, &frame, 50),
+        plan(VnetHdr { hdr_len: 0, ..good }, &frame, 50),
         Err(SegmentError::Layout(LayoutError::BeyondFrame {
             hdr_len: 54,
             frame_len: 50
@@ -494,12 +491,12 @@ fn udp4_frame(payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn csum_vnet(csum_start: u16, csum_offset: u16) -> VirtioNetHdr {
-    VirtioNetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+fn csum_vnet(csum_start: u16, csum_offset: u16) -> VnetHdr {
+    VnetHdr {
+        flags: F_NEEDS_CSUM,
         csum_start,
         csum_offset,
-        ..VirtioNetHdr::default()
+        ..VnetHdr::default()
     }
 }
 
@@ -521,7 +518,7 @@ fn whole_frames_get_their_checksum_in_a_copied_prefix() {
             let mut spec = TcpFrame::new(v6, len);
             spec.vlan = (len % 2 == 1).then_some(7);
             let frame = spec.build();
-            let vnet = VirtioNetHdr {
+            let vnet = VnetHdr {
                 gso_type: 0,
                 ..spec.vnet(0)
             };
@@ -686,7 +683,7 @@ fn checksum_offload_lies_are_refused() {
         ),
         Err(CsumError::Truncated { need: 42, have: 30 })
     );
-    let gso = VirtioNetHdr {
+    let gso = VnetHdr {
         gso_type: 1,
         ..csum_vnet(34, 6)
     };
@@ -695,7 +692,7 @@ fn checksum_offload_lies_are_refused() {
         Err(CsumError::GsoFrame(1))
     );
     // No NEEDS_CSUM: nothing to copy.
-    let plain = VirtioNetHdr::default();
+    let plain = VnetHdr::default();
     assert_eq!(
         complete_checksum(&plain, &frame, len, &frame[..], &[1, 2], &mut out),
         Ok(0)

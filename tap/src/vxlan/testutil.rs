@@ -9,10 +9,7 @@ use std::cell::Cell;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
 use super::segment::TsoPlan;
-use super::vnet::{
-    VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4,
-    VIRTIO_NET_HDR_GSO_TCPV6,
-};
+use crate::vnet_hdr::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6};
 
 pub const FIN: u8 = 0x01;
 pub const PSH: u8 = 0x08;
@@ -134,17 +131,13 @@ impl TcpFrame {
     }
 
     /// The guest's virtio-net header for this frame with MSS `mss`.
-    pub fn vnet(&self, mss: u16) -> VirtioNetHdr {
-        let mut gso_type = if self.v6 {
-            VIRTIO_NET_HDR_GSO_TCPV6
-        } else {
-            VIRTIO_NET_HDR_GSO_TCPV4
-        };
+    pub fn vnet(&self, mss: u16) -> VnetHdr {
+        let mut gso_type = if self.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
         if self.flags & CWR != 0 {
-            gso_type |= VIRTIO_NET_HDR_GSO_ECN;
+            gso_type |= GSO_ECN;
         }
-        VirtioNetHdr {
-            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        VnetHdr {
+            flags: F_NEEDS_CSUM,
             gso_type,
             hdr_len: self.hdr_len() as u16,
             gso_size: mss,

@@ -6,6 +6,7 @@
 
 pub mod tap;
 pub mod udp;
+pub mod vxlan;
 
 use std::io;
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 
 pub mod tap;
 pub mod udp;
+pub mod vxlan;
 
 use std::fmt::Write as _;
 
@@ -13,9 +14,11 @@ use serde::Serialize;
 use crate::machine::Machine;
 use crate::measure::tap::{IdleSample, TapSample};
 use crate::measure::udp::UdpSample;
+use crate::measure::vxlan::VxlanSample;
 use crate::sample::{Load, Spread};
 use tap::TapRow;
 use udp::UdpSummary;
+use vxlan::VxlanSummary;
 
 /// The line for the workload the bench does not run yet.
 pub const NOT_MEASURED_STREAM: &str = "TX through the TCP stream attachment \
@@ -44,6 +47,9 @@ pub struct Run {
     /// window, and by frame size.
     pub udp_samples: Vec<UdpSample>,
     pub udp: UdpSummary,
+    /// The VXLAN attachment to an ifb egress: every window, and by case.
+    pub vxlan_samples: Vec<VxlanSample>,
+    pub vxlan: VxlanSummary,
     pub not_measured: Vec<&'static str>,
 }
 
@@ -74,6 +80,12 @@ pub fn markdown(run: &Run) -> String {
     );
     tap::markdown(w, run);
     udp::markdown(w, &run.udp, run.udp_warmup_seconds, run.udp_window_seconds);
+    vxlan::markdown(
+        w,
+        &run.vxlan,
+        run.udp_warmup_seconds,
+        run.udp_window_seconds,
+    );
     out
 }
 
