@@ -218,6 +218,11 @@ pub fn process(
         }
     }
     st.iov.clear();
+    // Notifications that arrived during the drain, or that an attachment
+    // read while a send failed (a refused lent send may have taken an id;
+    // see `udp.rs`), are taken in now: nothing else may wake the worker
+    // for them. Without lending this costs nothing (see `reap`).
+    used |= reap(ctx, st, &mut vs)?;
     ctx.metrics.lent_chains.set(st.lending.lent() as i64);
     ctx.metrics.lent_chains_max.set(st.lending.max_lent as i64);
     ctx.metrics.tx_frames.inc_by(frames);

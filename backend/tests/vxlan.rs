@@ -395,7 +395,11 @@ fn lent_chains_leave_through_ifb_uncopied_and_are_never_used_before_the_kernel_l
         10,
         "five frames to two VTEPs"
     );
-    lab.wait_metric("zcnet_tx_zerocopy_completed_total", &[("queue_pair", "0")], 2);
+    lab.wait_metric(
+        "zcnet_tx_zerocopy_completed_total",
+        &[("queue_pair", "0")],
+        2,
+    );
     let first = g.wait_tx_used(0, 1);
     assert_eq!(first[0].id, heads[0]);
     let m = lab.scrape();
@@ -745,7 +749,11 @@ fn lent_sends_refused_by_an_nftables_drop_cost_frames_not_chains_and_lending_goe
         heads,
         "every lent chain after the drops came back once"
     );
-    let m = lab.wait_metric("zcnet_tx_zerocopy_completed_total", &[("queue_pair", "0")], 16);
+    let m = lab.wait_metric(
+        "zcnet_tx_zerocopy_completed_total",
+        &[("queue_pair", "0")],
+        16,
+    );
     assert_eq!(queue_metric(&m, "zcnet_tx_zerocopy_sends_total"), 8);
     assert_eq!(queue_metric(&m, "zcnet_tx_lent_chains"), 0);
 }

@@ -449,3 +449,62 @@ fn an_unreachable_udp_peer_costs_frames_not_chains() {
         metric(&Daemon::scrape(&lab.ns), "zcnet_tx_zerocopy_sends_total"),
     );
 }
+
+/// A lent send the kernel refuses after building its packet (EPERM from a
+/// netfilter drop on the way out) still takes a zero-copy id. zcnet must
+/// count it, or the refused send's notification later completes a chain
+/// whose pages the kernel still holds.
+#[test]
+fn lent_sends_refused_on_the_way_out_keep_the_id_count_right() {
+    let lab = UdpLab::new(
+        &zcnet(),
+        Path::Veth,
+        &["--zerocopy", "on", "--zerocopy-min-bytes", "1000"],
+    );
+    let rx = lab.receiver();
+    lab.ns.exec(&["nft", "add", "table", "inet", "zcdrop"]);
+    lab.ns.exec(&[
+        "nft",
+        "add chain inet zcdrop out { type filter hook output priority 0 ; }",
+    ]);
+    lab.ns
+        .exec(&["nft", "add rule inet zcdrop out udp dport 7000 drop"]);
+    let mut g = connect(&lab);
+    let refused: Vec<u16> = (0..3).map(|t| queue(&mut g, &frame(20_000, t))).collect();
+    g.tx(0).kick();
+    let used = g.wait_tx_used(0, 3);
+    assert_eq!(
+        used.iter().map(|u| u.id).collect::<HashSet<_>>(),
+        refused.iter().copied().collect::<HashSet<_>>()
+    );
+    let m = Daemon::scrape(&lab.ns);
+    assert_eq!(metric(&m, "zcnet_tx_dropped_total"), 3, "refused, counted");
+    lab.ns.exec(&["nft", "delete", "table", "inet", "zcdrop"]);
+
+    // Now the kernel holds lent pages: none of these may come back early.
+    hold(&lab);
+    let sent: Vec<Vec<u8>> = (10..14).map(|t| frame(20_000, t)).collect();
+    let heads: Vec<u16> = sent.iter().map(|f| queue(&mut g, f)).collect();
+    g.tx(0).kick();
+    lab.wait_metric("zcnet_tx_zerocopy_sends_total", 4);
+    let mut buf = vec![0u8; 70_000];
+    let n = rx.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &sent[0][..], "the first passes the qdisc");
+    let first = g.wait_tx_used(0, 1);
+    assert_eq!(first[0].id, heads[0]);
+    // Every notification the kernel sent so far is reaped: the three
+    // refused sends' ids and the first frame's.
+    lab.wait_metric("zcnet_tx_zerocopy_completed_total", 4);
+    g.sync();
+    assert_eq!(
+        g.tx(0).used_idx(),
+        4,
+        "a held chain went to the used ring: the refused sends' notifications completed it"
+    );
+    release(&lab);
+    let rest = g.wait_tx_used(0, 3);
+    assert_eq!(
+        rest.iter().map(|u| u.id).collect::<HashSet<_>>(),
+        heads[1..].iter().copied().collect::<HashSet<_>>()
+    );
+}

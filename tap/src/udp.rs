@@ -46,8 +46,8 @@ pub struct UdpAttachment {
     hdr_len: usize,
     /// SO_ZEROCOPY is on.
     zerocopy: bool,
-    /// The id the kernel gives the next successful MSG_ZEROCOPY send.
-    next_id: u32,
+    /// The zero-copy ids of the socket's sends.
+    ids: UdpIds,
     /// Wire headers of lent sends (`--vnet-hdr-peer`): see `lent_headers`.
     headers: LentHeaders,
 }
@@ -82,35 +82,65 @@ impl UdpAttachment {
             peer_hdr,
             hdr_len: HDR_LEN_V1,
             zerocopy: zc,
-            next_id: 0,
+            ids: UdpIds::default(),
             headers: LentHeaders::new(if peer_hdr { LENT_HEADER_SLOTS } else { 0 }, HDR_LEN_V1),
         })
     }
 }
 
-/// Lends `iov` to the kernel through `sock`, taking the next id from
-/// `next_id`; `Ok(None)` when the kernel is out of optmem or
-/// RLIMIT_MEMLOCK (ENOBUFS): copy the frame instead.
-///
-/// # Safety
-/// Every iovec must describe memory that stays mapped, and unchanged by
-/// zcnet, until the notification for the returned id (guest memory of a
-/// lent chain, which goes back to the guest only then; or a held header
-/// slot).
-unsafe fn lend(
-    sock: &UdpSocket,
-    next_id: &mut u32,
-    iov: &[libc::iovec],
-) -> io::Result<Option<u32>> {
-    // SAFETY: forwarded from this function's contract.
-    match unsafe { zerocopy::send(sock.as_fd(), iov, true) } {
-        Ok(_) => {
-            let id = *next_id;
-            *next_id = id.wrapping_add(1);
-            Ok(Some(id))
+/// The socket's zero-copy ids as the kernel hands them out.
+#[derive(Debug, Default)]
+struct UdpIds {
+    /// The id the kernel gives the next `MSG_ZEROCOPY` send that takes one.
+    next: u32,
+    /// Notifications read while settling a failed send, for the next
+    /// `reap`.
+    early: Vec<Completion>,
+}
+
+impl UdpIds {
+    /// Lends `iov` to the kernel through `sock`; returns the send's id, or
+    /// `Ok(None)` when the kernel is out of optmem or RLIMIT_MEMLOCK
+    /// (ENOBUFS): copy the frame instead.
+    ///
+    /// A send that fails after the kernel built its skb (EPERM from a
+    /// netfilter drop on the way out) still took an id, and its
+    /// notification is queued by the time `sendmsg` returns; one that
+    /// fails earlier (ENOBUFS, a pending ICMP error) took none. So after a
+    /// failure the error queue is read at once: if a notification covers
+    /// the id the send would have had, it took it (measured on this
+    /// kernel; see `vxlan/ids.rs`). Without this, the count would run
+    /// behind the kernel's and a later chain could be completed by the
+    /// failed send's notification, before the kernel let go of its pages.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that stays mapped, and unchanged
+    /// by zcnet, until the notification for the returned id (guest memory
+    /// of a lent chain, which goes back to the guest only then; or a held
+    /// header slot).
+    unsafe fn lend(&mut self, sock: &UdpSocket, iov: &[libc::iovec]) -> io::Result<Option<u32>> {
+        // SAFETY: forwarded from this function's contract.
+        match unsafe { zerocopy::send(sock.as_fd(), iov, true) } {
+            Ok(_) => {
+                let id = self.next;
+                self.next = id.wrapping_add(1);
+                Ok(Some(id))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(None),
+            Err(e) => {
+                let from = self.early.len();
+                // A failure to read is reported by the next `reap`.
+                let _ = zerocopy::reap(sock.as_fd(), &mut self.early);
+                let would_be = self.next;
+                let took = self.early[from..]
+                    .iter()
+                    .any(|c| would_be.wrapping_sub(c.first) <= c.last.wrapping_sub(c.first));
+                if took {
+                    self.next = would_be.wrapping_add(1);
+                }
+                Err(e)
+            }
         }
-        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(None),
-        Err(e) => Err(e),
     }
 }
 
@@ -130,13 +160,13 @@ impl Attachment for UdpAttachment {
                 // SAFETY: the frame's iovecs are guest memory the datapath
                 // keeps mapped; a lent chain goes back to the guest only
                 // when the notification for this id is reaped.
-                unsafe { lend(&self.sock, &mut self.next_id, frame.payload())? }
+                unsafe { self.ids.lend(&self.sock, frame.payload())? }
             } else if let Some(slot) = self.headers.take() {
                 self.headers.slot_mut(slot).copy_from_slice(&wire_hdr);
                 let iov = frame.with_header(self.headers.slot(slot));
                 // SAFETY: as above for the frame; the header slot is held
                 // (unchanged) until the same notification.
-                match unsafe { lend(&self.sock, &mut self.next_id, iov) } {
+                match unsafe { self.ids.lend(&self.sock, iov) } {
                     Ok(Some(id)) => {
                         self.headers.hold(slot, id);
                         Some(id)
@@ -173,6 +203,7 @@ impl Attachment for UdpAttachment {
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         let from = out.len();
+        out.append(&mut self.ids.early);
         let r = zerocopy::reap(self.sock.as_fd(), out);
         for c in &out[from..] {
             self.headers.release(c);
