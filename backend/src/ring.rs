@@ -64,6 +64,15 @@ impl RingState {
         }
     }
 
+    /// Gives the last `count` chains popped back to the avail ring: they
+    /// are popped again, in the same order. Only chains not yet used may
+    /// go back (a frame that would block, RX buffers a frame did not
+    /// fill).
+    pub fn rewind(&mut self, vs: &mut VState, count: usize) {
+        let q = vs.get_queue_mut();
+        q.set_next_avail(q.next_avail().wrapping_sub(count as u16));
+    }
+
     /// Puts chain `head` on the used ring with `len` bytes written into
     /// it. Every used-ring write of the datapath goes through here.
     pub fn add_used(&mut self, vs: &mut VState, head: u16, len: u32) -> Result<(), QueueError> {
