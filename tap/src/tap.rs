@@ -101,7 +101,24 @@ impl Tap {
             .collect()
     }
 
+    /// Opens (creating) a plain tap called `name`: one queue, no
+    /// virtio-net header (`IFF_TAP | IFF_NO_PI`), the kind a simple user
+    /// space writer uses. zcnet does not run on one; its benchmark
+    /// measures one as a reference.
+    pub fn open_plain(name: &str) -> Result<Tap, TapError> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['\0', '/']) {
+            return Err(TapError::InvalidName(name.to_owned()));
+        }
+        let mut tap = Self::open_flags(name, 0, libc::IFF_TAP | libc::IFF_NO_PI)?;
+        tap.hdr_len = 0;
+        Ok(tap)
+    }
+
     fn open_one(name: &str, queue: usize) -> Result<Tap, TapError> {
+        Self::open_flags(name, queue, TAP_FLAGS)
+    }
+
+    fn open_flags(name: &str, queue: usize, flags: libc::c_int) -> Result<Tap, TapError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -114,7 +131,7 @@ impl Tap {
         for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
             *dst = src as libc::c_char;
         }
-        ifr.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
+        ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
 
         // SAFETY: `file` is an fd of /dev/net/tun that we own and keep open
         // for the call; TUNSETIFF reads and writes one `struct ifreq`, and

@@ -17,11 +17,6 @@ use crate::sample::{Load, Spread};
 use tap::TapRow;
 use udp::UdpSummary;
 
-/// The line for the workload the bench does not run yet.
-pub const NOT_MEASURED_STREAM: &str = "TX through the TCP stream attachment \
-     (`--stream-connect`, `--stream-listen`): not measured: zcnet-bench drives the tap \
-     and the UDP attachment only";
-
 /// Everything a run measured, as written to `bench.json`.
 #[derive(Serialize)]
 pub struct Run {
@@ -44,7 +39,8 @@ pub struct Run {
     /// window, and by frame size.
     pub udp_samples: Vec<UdpSample>,
     pub udp: UdpSummary,
-    pub not_measured: Vec<&'static str>,
+    /// What the run could not measure, and why.
+    pub not_measured: Vec<String>,
 }
 
 /// The report printed on stdout.
