@@ -64,6 +64,10 @@ struct Args {
     /// and no UDP sweep; for profiling. The report then lacks the rest.
     #[arg(long, value_name = "ID,..", value_delimiter = ',')]
     only: Vec<String>,
+    /// Run only these sides (e.g. zcnet-uring,raw-uring; ids as in
+    /// bench.json); for profiling.
+    #[arg(long, value_name = "ID,..", value_delimiter = ',')]
+    sides: Vec<String>,
     /// Length of each tap workload's window, in seconds (e.g. to attach
     /// perf to zcnet meanwhile) [default: 3, or 0.5 with --quick].
     #[arg(long, value_name = "SECONDS")]
@@ -229,7 +233,12 @@ fn run(args: &Args) -> Result<(), BenchError> {
         // Alternate the order of the sides, so none always runs on a
         // machine another just warmed.
         for &w in &workloads {
-            let mut sides = w.sides().to_vec();
+            let mut sides: Vec<Side> = w
+                .sides()
+                .iter()
+                .copied()
+                .filter(|s| args.sides.is_empty() || args.sides.iter().any(|x| x == s.id()))
+                .collect();
             if repetition % 2 == 1 {
                 sides.reverse();
             }
