@@ -111,6 +111,9 @@ const LEND_CAP: usize = 128;
 
 /// Opens the attachment of every queue pair, once for the daemon's life.
 fn open_attachments(config: &Config) -> Result<Vec<Box<dyn Attachment>>, DaemonError> {
+    if config.io_engine.is_some() && !matches!(config.attachment, AttachmentConfig::Tap(_)) {
+        info!("--io-engine applies to a tap; socket attachments send with one sendmsg per frame");
+    }
     match &config.attachment {
         AttachmentConfig::Tap(name) => {
             let mut taps = Tap::open_queues(name, config.queue_pairs)?;

@@ -1,8 +1,9 @@
 //! The one place where guest descriptor chains become iovecs.
 //!
-//! Every range is bounds-checked against the guest memory map with
-//! `get_slices`, so an iovec built here always points into memory that is
-//! mapped for as long as the `GuestMemoryMmap` snapshot it came from lives.
+//! Every range is bounds-checked against the guest memory map (against the
+//! region a [`MemView`] remembers, else with `get_slices`), so an iovec
+//! built here always points into memory that is mapped for as long as the
+//! `GuestMemoryMmap` snapshot it came from lives.
 //! Callers keep that snapshot (a `GuestMemoryLoadGuard`) alive across the
 //! system call that uses the iovecs; a later SET_MEM_TABLE swaps in a new
 //! map but cannot unmap the old one while the guard holds it.

@@ -1,5 +1,10 @@
 //! Guest-to-host: descriptor chains from the TX queue, sent through the
-//! queue pair's attachment straight from guest memory.
+//! queue pair's attachment straight from guest memory, in batches of up to
+//! [`MAX_BATCH`] chains (the tap's `uring` engine writes a batch with one
+//! `io_uring_enter`; its `syscall` engine, and the socket attachments, one
+//! system call per frame). Every chain of a batch stays popped until the
+//! attachment has returned: the guest-memory snapshot and the frames'
+//! iovecs are borrowed for the whole call, so no write can outlive them.
 //!
 //! A chain's completion may be immediate (the attachment copied the frame,
 //! as the tap always does) or deferred (the kernel holds the guest's pages

@@ -108,6 +108,9 @@ pub struct TapSample {
     /// zcnet's own frame counter of each queue pair over the whole run
     /// (warm-up included), from its metrics.
     pub zcnet_queue_frames: Option<Vec<u64>>,
+    /// Which attempt this window is (windows disturbed by other load are
+    /// measured again; the least disturbed is kept).
+    pub attempts: usize,
 }
 
 /// zcnet's CPU time with a connected guest and no traffic.
@@ -146,6 +149,7 @@ pub(super) fn sample(
         offered_frames: (workload.direction() == Direction::Rx).then(|| b.offered - a.offered),
         damaged_frames: None,
         zcnet_queue_frames: None,
+        attempts: 1,
     })
 }
 

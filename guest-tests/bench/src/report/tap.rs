@@ -319,6 +319,15 @@ pub fn markdown(w: &mut String, run: &Run) {
         let _ = writeln!(w);
     }
 
+    let retried = run.samples.iter().filter(|x| x.attempts > 1).count();
+    if retried > 0 {
+        let _ = writeln!(
+            w,
+            "{retried} of {} windows were measured again because other work disturbed an \
+             earlier attempt (at most 3 attempts; the least disturbed is kept).\n",
+            run.samples.len()
+        );
+    }
     if run.samples.iter().any(|x| x.sample.disturbed()) {
         let _ = writeln!(
             w,
