@@ -74,6 +74,9 @@ fn which(program: &str) -> Option<PathBuf> {
 struct Testpmd {
     child: Child,
     log: PathBuf,
+    /// DPDK's runtime directory of this run (`/var/run/dpdk/PREFIX` for
+    /// root), removed once testpmd has exited.
+    runtime_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -108,6 +111,7 @@ impl Testpmd {
         Ok(Testpmd {
             child,
             log,
+            runtime_dir: Path::new("/var/run/dpdk").join(&prefix),
             _dir: dir,
         })
     }
@@ -132,12 +136,13 @@ impl Drop for Testpmd {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             thread::sleep(Duration::from_millis(20)); // polling the child's exit, with a deadline
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
 
