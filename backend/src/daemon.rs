@@ -24,6 +24,7 @@ use crate::device::{DeviceSpec, NetDevice};
 use crate::frontend_relay;
 use crate::lending::{LendPolicy, ZeroCopyMode};
 use crate::metrics::{self, Metrics, ServeError};
+use crate::migration::Migration;
 use crate::net_intercept::NetIntercept;
 
 #[derive(Debug, Error)]
@@ -183,6 +184,7 @@ fn serve_one(
         NetDevice::new(spec.clone(), attachments, metrics, mem.clone())
             .map_err(DaemonError::Device)?,
     );
+    let migration = Migration::new(device.dirty_log(), mem.clone(), device.clone());
     let mut daemon = VhostUserDaemon::new("zcnet-vhost-user".to_owned(), device.clone(), mem)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
     let front = accept(listener)?;
@@ -193,11 +195,10 @@ fn serve_one(
         .start(&mut private)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
     drop(private);
-    let intercept = Arc::new(NetIntercept::new(
-        device.queue_pairs(),
-        spec.queue_size,
-        device.clone(),
-    ));
+    let intercept = Arc::new(
+        NetIntercept::new(device.queue_pairs(), spec.queue_size, device.clone())
+            .with_migration(migration),
+    );
     let relay = frontend_relay::start(front, back, intercept).map_err(DaemonError::Relay)?;
     metrics.connections.inc();
     info!("frontend connected ({} queue pairs)", device.queue_pairs());

@@ -28,7 +28,11 @@ const BASE: u64 = bit(VIRTIO_F_VERSION_1)
 /// The virtio feature bits offered to the frontend, given what the tap
 /// accepts (`tap`) and whether the device has an MTU to report.
 pub fn offered(tap: Offloads, mtu: bool) -> u64 {
-    let mut f = BASE | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    // LOG_ALL: zcnet logs the pages it writes while a migration runs
+    // (crate::dirty_log); QEMU blocks migration without it.
+    let mut f = BASE
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        | crate::dirty_log::VHOST_F_LOG_ALL;
     // HOST_* lets the guest send offloaded frames, which the tap accepts
     // in the vnet header; GUEST_* lets the tap hand them to the guest.
     for (ok, host, guest) in [
@@ -57,11 +61,15 @@ pub fn offered(tap: Offloads, mtu: bool) -> u64 {
 ///
 /// NET_MTU is not offered: the vhost crate cannot dispatch NET_SET_MTU, so
 /// QEMU (which only sends it when NET_MTU is negotiated) never sends it.
+/// LOG_SHMFD and RARP are live migration's (crate::migration): zcnet
+/// answers SET_LOG_BASE and SEND_RARP itself.
 pub fn protocol() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::RARP
 }
 
 /// What a negotiated feature set means for one connection's datapath.

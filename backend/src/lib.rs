@@ -14,6 +14,7 @@ mod datapath;
 #[cfg(test)]
 mod datapath_tests;
 mod device;
+mod dirty_log;
 mod features;
 mod frontend_relay;
 mod guest_errors;
@@ -21,6 +22,7 @@ pub mod intercept;
 mod iovec;
 mod lending;
 mod metrics;
+mod migration;
 mod net_intercept;
 mod queue_pair;
 mod ring;

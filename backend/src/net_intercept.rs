@@ -1,6 +1,7 @@
 //! zcnet's own handling of frontend requests, ahead of vhost-user-backend's
 //! handler (see [`crate::intercept`]). Today it checks ring sizes and ring
-//! indices; everything else is forwarded.
+//! indices, and hands live migration's requests to [`crate::migration`];
+//! everything else is forwarded.
 //!
 //! **SET_VRING_NUM.** A split ring's size is always a power of two (virtio
 //! 1.x, "Split Virtqueues"), and zcnet's rings are at most `--queue-size`
@@ -20,12 +21,17 @@
 //! other than 0 or 1, is refused here too: the relay acknowledges an early
 //! SET_VRING_ENABLE itself before the handler sees it, so it must not be
 //! one the handler would then reject.
+//!
+//! **Live migration.** SET_LOG_BASE and SEND_RARP are answered by
+//! [`crate::migration`], which also learns from SET_PROTOCOL_FEATURES and
+//! SET_VRING_ADDR (both still go on to the handler).
 
 use std::sync::Arc;
 
 use vhost::vhost_user::message::FrontendReq;
 
 use crate::intercept::{Intercept, Message, Verdict};
+use crate::migration::Migration;
 
 /// What the device learns from requests the handler applies.
 pub trait DeviceEvents: Send + Sync {
@@ -46,6 +52,9 @@ pub struct NetIntercept {
     /// `--queue-size`: the largest ring, a power of two.
     max_size: u32,
     device: Arc<dyn DeviceEvents>,
+    /// Live migration's requests (SET_LOG_BASE, SEND_RARP), when the
+    /// device supports it.
+    migration: Option<Migration>,
 }
 
 impl NetIntercept {
@@ -58,7 +67,15 @@ impl NetIntercept {
             rings: u32::try_from(2 * queue_pairs).unwrap_or(u32::MAX),
             max_size: u32::from(max_queue_size),
             device,
+            migration: None,
         }
+    }
+
+    /// Hands SET_LOG_BASE and SEND_RARP to `migration`, and shows it the
+    /// requests it must learn from (see [`crate::migration`]).
+    pub fn with_migration(mut self, migration: Migration) -> NetIntercept {
+        self.migration = Some(migration);
+        self
     }
 
     fn vring_num(&self, req: &Message) -> Verdict {
@@ -115,9 +132,19 @@ impl NetIntercept {
 
 impl Intercept for NetIntercept {
     fn request(&self, req: &Message) -> Verdict {
-        match req.request() {
-            Some(FrontendReq::SET_VRING_NUM) => self.vring_num(req),
-            Some(FrontendReq::SET_VRING_ENABLE) => self.vring_enable(req),
+        match (req.request(), &self.migration) {
+            (Some(FrontendReq::SET_VRING_NUM), _) => self.vring_num(req),
+            (Some(FrontendReq::SET_VRING_ENABLE), _) => self.vring_enable(req),
+            (Some(FrontendReq::SET_LOG_BASE), Some(m)) => m.set_log_base(req),
+            (Some(FrontendReq::SEND_RARP), Some(m)) => m.send_rarp(req),
+            (Some(FrontendReq::SET_VRING_ADDR), Some(m)) => {
+                m.vring_addr(req);
+                Verdict::Forward
+            }
+            (Some(FrontendReq::SET_PROTOCOL_FEATURES), Some(m)) => {
+                m.protocol_features(req);
+                Verdict::Forward
+            }
             _ => Verdict::Forward,
         }
     }

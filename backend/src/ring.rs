@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 
 use crate::datapath::{QueueError, VState};
+use crate::dirty_log::UsedLog;
 use crate::iovec::Mem;
 
 /// What zcnet tracks of one queue across events.
@@ -20,6 +21,9 @@ pub struct RingState {
     broken: bool,
     /// The guest was notified since the queue (re)started.
     signalled: bool,
+    /// While a migration logs dirty pages: this event's log for the used
+    /// ring (see [`set_log`](Self::set_log)).
+    log: Option<UsedLog>,
 }
 
 impl RingState {
@@ -32,7 +36,15 @@ impl RingState {
     /// up next starts clean: not broken, and its first used-ring update
     /// notifies.
     pub fn restart(&mut self) {
-        *self = RingState::default();
+        self.broken = false;
+        self.signalled = false;
+    }
+
+    /// The dirty log for the used ring's writes until the next call, or
+    /// `None` when no migration logs them (see [`crate::dirty_log`]). Set
+    /// once per event, before the ring is used, and cleared after it.
+    pub fn set_log(&mut self, log: Option<UsedLog>) {
+        self.log = log;
     }
 
     /// Pops the next available descriptor chain.
@@ -67,7 +79,44 @@ impl RingState {
     /// Puts chain `head` on the used ring with `len` bytes written into
     /// it. Every used-ring write of the datapath goes through here.
     pub fn add_used(&mut self, vs: &mut VState, head: u16, len: u32) -> Result<(), QueueError> {
-        vs.add_used(head, len).map_err(QueueError::Queue)
+        let slot = vs.get_queue().next_used() % vs.get_queue().size().max(1);
+        vs.add_used(head, len).map_err(QueueError::Queue)?;
+        if let Some(log) = &self.log {
+            // The element and `used.idx`, after both were written.
+            log.mark(vs.get_queue(), 4 + 8 * u64::from(slot), 8);
+            log.mark(vs.get_queue(), 2, 2);
+        }
+        Ok(())
+    }
+
+    /// Asks the driver for a kick on new buffers (`avail_event` with
+    /// EVENT_IDX, `used.flags` without); returns whether buffers arrived
+    /// meanwhile (virtio-queue's `enable_notification`).
+    pub fn enable_notification(&mut self, vs: &mut VState, mem: &Mem) -> Result<bool, QueueError> {
+        let more = vs.get_queue_mut().enable_notification(mem)?;
+        self.log_notification(vs);
+        Ok(more)
+    }
+
+    /// Asks the driver for no kicks while the device works through the
+    /// ring (`used.flags` without EVENT_IDX; nothing with it).
+    pub fn disable_notification(&mut self, vs: &mut VState, mem: &Mem) -> Result<(), QueueError> {
+        vs.get_queue_mut().disable_notification(mem)?;
+        self.log_notification(vs);
+        Ok(())
+    }
+
+    /// Marks what notification suppression writes: `used.flags`, or
+    /// `avail_event` after the last element.
+    fn log_notification(&self, vs: &VState) {
+        if let Some(log) = &self.log {
+            let q = vs.get_queue();
+            if q.event_idx_enabled() {
+                log.mark(q, 4 + 8 * u64::from(q.size()), 2);
+            } else {
+                log.mark(q, 0, 2);
+            }
+        }
     }
 
     /// Notifies the guest of used-ring updates if it asked (EVENT_IDX) or

@@ -127,7 +127,7 @@ pub fn process(
     let mut failure = None;
     'drain: loop {
         if event_idx {
-            vs.get_queue_mut().disable_notification(mem)?;
+            st.ring.disable_notification(&mut vs, mem)?;
         }
         loop {
             let chain = match st.ring.pop(&mut vs, mem) {
@@ -209,7 +209,7 @@ pub fn process(
                 }
             }
         }
-        if !event_idx || !vs.get_queue_mut().enable_notification(mem)? {
+        if !event_idx || !st.ring.enable_notification(&mut vs, mem)? {
             break;
         }
     }
