@@ -22,6 +22,9 @@
 //! SET_VRING_ENABLE itself before the handler sees it, so it must not be
 //! one the handler would then reject.
 //!
+//! **SET_VRING_CALL.** The new call fd is signalled once as it arrives
+//! (see [`ring::signal_new_call`]); the handler then installs it.
+//!
 //! **Live migration.** SET_LOG_BASE and SEND_RARP are answered by
 //! [`crate::migration`], which also learns from SET_PROTOCOL_FEATURES and
 //! SET_VRING_ADDR (both still go on to the handler).
@@ -32,6 +35,7 @@ use vhost::vhost_user::message::FrontendReq;
 
 use crate::intercept::{Intercept, Message, Verdict};
 use crate::migration::Migration;
+use crate::ring;
 
 /// What the device learns from requests the handler applies.
 pub trait DeviceEvents: Send + Sync {
@@ -135,6 +139,10 @@ impl Intercept for NetIntercept {
         match (req.request(), &self.migration) {
             (Some(FrontendReq::SET_VRING_NUM), _) => self.vring_num(req),
             (Some(FrontendReq::SET_VRING_ENABLE), _) => self.vring_enable(req),
+            (Some(FrontendReq::SET_VRING_CALL), _) => {
+                ring::signal_new_call(req.fds().first());
+                Verdict::Forward
+            }
             (Some(FrontendReq::SET_LOG_BASE), Some(m)) => m.set_log_base(req),
             (Some(FrontendReq::SEND_RARP), Some(m)) => m.send_rarp(req),
             (Some(FrontendReq::SET_VRING_ADDR), Some(m)) => {

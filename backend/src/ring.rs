@@ -5,7 +5,10 @@
 //! here, so what must follow every ring access (in-flight tracking, dirty
 //! logging) has one place to go.
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
+
+use log::debug;
 
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 
@@ -21,6 +24,9 @@ pub struct RingState {
     broken: bool,
     /// The guest was notified since the queue (re)started.
     signalled: bool,
+    /// The call fd the guest was last notified through: a new one (the
+    /// frontend replaced it with SET_VRING_CALL) is notified at once.
+    call: Option<RawFd>,
     /// While a migration logs dirty pages: this event's log for the used
     /// ring (see [`set_log`](Self::set_log)).
     log: Option<UsedLog>,
@@ -38,6 +44,7 @@ impl RingState {
     pub fn restart(&mut self) {
         self.broken = false;
         self.signalled = false;
+        self.call = None;
     }
 
     /// The dirty log for the used ring's writes until the next call, or
@@ -122,15 +129,45 @@ impl RingState {
     /// Notifies the guest of used-ring updates if it asked (EVENT_IDX) or
     /// if it was not notified since the queue started: after a (re)start
     /// the last index it was signalled at is unknown, so kernel vhost and
-    /// QEMU notify once unconditionally (issue 12, case 6).
+    /// QEMU notify once unconditionally (issue 12, case 6). The same holds
+    /// after the frontend replaced the call fd: a notification sent
+    /// through the old one may never have reached the guest (see
+    /// [`signal_new_call`]), and with EVENT_IDX a lost one is never sent
+    /// again.
     pub fn notify(&mut self, vs: &mut VState) -> Result<(), QueueError> {
         // Always asked: it also resets virtio-queue's count of entries
         // added since the last notification.
         let asked = vs.needs_notification()?;
-        if asked || !self.signalled {
+        let call = vs.get_call().as_ref().map(AsRawFd::as_raw_fd);
+        if asked || !self.signalled || call != self.call {
             vs.signal_used_queue().map_err(QueueError::Signal)?;
             self.signalled = true;
+            self.call = call;
         }
         Ok(())
+    }
+}
+
+/// SET_VRING_CALL brought `call`, the ring's new call fd: signals it once,
+/// before the handler installs it (libvhost-user does the same,
+/// `vu_set_vring_call_exec`: "in case of I/O hang after reconnecting").
+///
+/// A ring runs from SET_VRING_KICK on, and QEMU sends the call fd the
+/// guest listens on only after the kick, having discarded whatever was
+/// signalled on its placeholder (`vhost_virtqueue_start`,
+/// hw/virtio/vhost.c: "Clear and discard previous events"). Used entries
+/// zcnet added in between, such as frames received by a migration's
+/// destination as soon as its rings start, would otherwise wait for a
+/// notification that EVENT_IDX never sends again. An extra interrupt only
+/// makes the driver look at the used ring. [`RingState::notify`] also
+/// notifies unconditionally through a call fd it has not used before, for
+/// entries added between this signal and the handler installing the fd.
+pub fn signal_new_call(call: Option<&OwnedFd>) {
+    let Some(fd) = call else {
+        return;
+    };
+    let one = 1u64.to_ne_bytes();
+    if let Err(e) = nix::unistd::write(fd, &one) {
+        debug!("cannot signal a new call fd: {e}");
     }
 }
