@@ -343,19 +343,32 @@ fn send_rarp_broadcasts_qemus_announcement_through_the_tap() {
     assert_ne!(proto & rarp, 0, "RARP offered");
     raw_send(&mut raw, SET_PROTOCOL_FEATURES, V1, &rarp.to_ne_bytes());
     raw_send(&mut raw, SET_OWNER, V1, &[]);
-    let acked = offered & (VERSION_1 | PROTOCOL_FEATURES);
-    raw_send(&mut raw, SET_FEATURES, V1, &acked.to_ne_bytes());
-    // The handler has applied SET_FEATURES (the tap's header length with
-    // it) once it answers a later request: QEMU sends SEND_RARP only
-    // after the device started, long after.
-    assert_eq!(raw_call(&mut raw, GET_FEATURES, &[]), offered);
+    // QEMU enables the first pair before SET_FEATURES, and a migration's
+    // destination sends SEND_RARP before it starts the device: the
+    // announcement must be well formed then too.
     let mut enable = 0u32.to_ne_bytes().to_vec();
     enable.extend_from_slice(&1u32.to_ne_bytes());
     raw_send(&mut raw, SET_VRING_ENABLE, V1, &enable);
     let mut body = [0u8; 8];
     body[..6].copy_from_slice(&GUEST_MAC);
     raw_send(&mut raw, SEND_RARP, V1, &body);
+    assert_rarp(&host);
 
+    let acked = offered & (VERSION_1 | PROTOCOL_FEATURES);
+    raw_send(&mut raw, SET_FEATURES, V1, &acked.to_ne_bytes());
+    // The handler has applied SET_FEATURES once it answers a later
+    // request.
+    assert_eq!(raw_call(&mut raw, GET_FEATURES, &[]), offered);
+    raw_send(&mut raw, SEND_RARP, V1, &body);
+    assert_rarp(&host);
+    // The connection goes on.
+    assert_eq!(raw_call(&mut raw, GET_FEATURES, &[]), offered);
+    s.daemon
+        .wait_log("SEND_RARP: broadcast a RARP announcement for 52:54:00:12:34:56");
+}
+
+/// The next RARP on the tap is QEMU's announcement for the guest.
+fn assert_rarp(host: &PacketSock) {
     let got = host
         .recv_matching(WAIT, |f| f.len() >= 14 && f[12..14] == [0x80, 0x35])
         .expect("no RARP came out of the tap");
@@ -369,10 +382,6 @@ fn send_rarp_broadcasts_qemus_announcement_through_the_tap() {
     );
     assert_eq!(&got[22..28], &GUEST_MAC);
     assert_eq!(&got[32..38], &GUEST_MAC);
-    // The connection goes on.
-    assert_eq!(raw_call(&mut raw, GET_FEATURES, &[]), offered);
-    s.daemon
-        .wait_log("SEND_RARP: broadcast a RARP announcement for 52:54:00:12:34:56");
 }
 
 fn raw_send(sock: &mut UnixStream, code: u32, flags: u32, body: &[u8]) {

@@ -58,6 +58,12 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot set the virtio-net header length of tap {name:?}")]
+    HeaderLength {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// One queue of a multi-queue tap device.
@@ -115,12 +121,21 @@ impl Tap {
                 },
             });
         }
-        Ok(Tap {
+        let tap = Tap {
             file,
             name: name.to_owned(),
             hdr_len: HDR_LEN_V1,
             attached: true,
-        })
+        };
+        // The kernel starts a queue at the legacy 10-byte header; a frame
+        // sent before the first `configure` (zcnet's RARP announcement can
+        // come before SET_FEATURES) must carry the header `send` writes.
+        tap.set_vnet_hdr_len(tap.hdr_len)
+            .map_err(|source| TapError::HeaderLength {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(tap)
     }
 
     /// The interface name.
