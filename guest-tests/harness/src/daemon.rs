@@ -17,6 +17,8 @@ const METRICS_PORT: u16 = 9500;
 pub struct Daemon {
     bin: ZcnetBin,
     child: Option<Child>,
+    /// Where `--metrics` serves, inside the daemon's namespace.
+    metrics_port: u16,
     pub socket: PathBuf,
     pub log: PathBuf,
     previous_logs: String,
@@ -96,12 +98,19 @@ impl Daemon {
 
     /// Starts zcnet with exactly `args` (plus its socket and metrics).
     pub fn start_args(bin: &ZcnetBin, ns: &NetNs, args: &[&str]) -> Daemon {
+        Daemon::start_with_metrics_port(bin, ns, args, METRICS_PORT)
+    }
+
+    /// [`Daemon::start_args`] with metrics on `port` (127.0.0.1 in `ns`),
+    /// for a second daemon in the same namespace.
+    pub fn start_with_metrics_port(bin: &ZcnetBin, ns: &NetNs, args: &[&str], port: u16) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("zc.sock");
         let log = dir.path().join("zcnet.log");
         let mut d = Daemon {
             bin: bin.clone(),
             child: None,
+            metrics_port: port,
             socket,
             log,
             previous_logs: String::new(),
@@ -113,7 +122,7 @@ impl Daemon {
 
     fn spawn(&mut self, ns: &NetNs, args: &[&str]) {
         let logfile = fs::File::create(&self.log).expect("log file");
-        let metrics = format!("127.0.0.1:{METRICS_PORT}");
+        let metrics = format!("127.0.0.1:{}", self.metrics_port);
         let child = ns
             .command(self.bin.path())
             .arg("--socket-path")
@@ -210,9 +219,17 @@ impl Daemon {
 
     /// Scrapes the metrics endpoint from inside the namespace.
     pub fn scrape(ns: &NetNs) -> String {
-        ns.enter(|| {
-            let mut s =
-                TcpStream::connect(("127.0.0.1", METRICS_PORT)).expect("connect to metrics");
+        Daemon::scrape_port(ns, METRICS_PORT)
+    }
+
+    /// Scrapes this daemon's metrics (it runs in `ns`).
+    pub fn scrape_own(&self, ns: &NetNs) -> String {
+        Daemon::scrape_port(ns, self.metrics_port)
+    }
+
+    fn scrape_port(ns: &NetNs, port: u16) -> String {
+        ns.enter(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
             s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
                 .unwrap();
             let mut out = String::new();
