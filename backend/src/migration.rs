@@ -63,6 +63,7 @@
 //!   migration at all.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -183,10 +184,13 @@ impl Migration {
                 offset: raw(8),
             });
         };
+        // The memory map the handler has applied: QEMU sends SET_LOG_BASE
+        // after its memory table was acknowledged (REPLY_ACK), and sends a
+        // larger log before a larger table (`vhost_commit`).
         let mem = self.mem.memory();
         let last = (mem.num_regions() > 0).then(|| mem.last_addr().0);
         let (size, offset) = (body.mmap_size, body.mmap_offset);
-        let log = LogMap::map(std::os::fd::AsFd::as_fd(fd), size, offset, last)?;
+        let log = LogMap::map(fd.as_fd(), size, offset, last)?;
         Ok((log, body))
     }
 

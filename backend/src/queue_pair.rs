@@ -101,7 +101,8 @@ impl QueuePair {
             metrics,
             rx_resume: EventFd::new(EFD_NONBLOCK)?,
             drain,
-            dirty: Arc::new(DirtyLog::new(2 * (index + 1))),
+            // Never logging until the device gives its own (set_dirty_log).
+            dirty: Arc::new(DirtyLog::new(0)),
             state: Mutex::new(PairState {
                 io: PairIo {
                     attachment: Some(attachment),
