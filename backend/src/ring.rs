@@ -42,9 +42,11 @@ impl RingState {
     /// up next starts clean: not broken, and its first used-ring update
     /// notifies.
     pub fn restart(&mut self) {
-        self.broken = false;
-        self.signalled = false;
-        self.call = None;
+        // The event's dirty log stays: the stop is part of that event.
+        *self = RingState {
+            log: self.log.take(),
+            ..RingState::default()
+        };
     }
 
     /// The dirty log for the used ring's writes until the next call, or
