@@ -29,6 +29,7 @@ use crate::frontend_relay;
 use crate::inflight::{self, Geometry, LedgerError, Record, Session};
 use crate::lending::{LendPolicy, ZeroCopyMode};
 use crate::metrics::{self, Metrics, ServeError};
+use crate::migration::Migration;
 use crate::net_intercept::NetIntercept;
 use crate::privileges::{self, PrivilegeError};
 use crate::socket_path::{self, Claim, SocketPathError};
@@ -388,6 +389,7 @@ pub(crate) fn serve_connection(
         )
         .map_err(DaemonError::Device)?,
     );
+    let migration = Migration::new(device.dirty_log(), mem.clone(), device.clone());
     let mut daemon = VhostUserDaemon::new("zcnet-vhost-user".to_owned(), device.clone(), mem)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
     let front = accept()?;
@@ -400,7 +402,8 @@ pub(crate) fn serve_connection(
     drop(private);
     let intercept = Arc::new(
         NetIntercept::new(device.queue_pairs(), spec.queue_size, device.clone())
-            .with_inflight(session),
+            .with_inflight(session)
+            .with_migration(migration),
     );
     let relay = frontend_relay::start(front, back, intercept).map_err(DaemonError::Relay)?;
     metrics.connections.inc();

@@ -19,8 +19,11 @@ use vm_memory::{
 use zcnet_tap::vnet_hdr::VnetHdr;
 use zcnet_tap::{RxBuffers, TxFrame};
 
-/// The guest memory map zcnet works on (no dirty-page bitmap: zcnet does
-/// not offer LOG_SHMFD, so live migration is refused by the frontend).
+use crate::dirty_log::LogMap;
+
+/// The guest memory map zcnet works on. It has no dirty-page bitmap of
+/// vm-memory's: zcnet marks its writes in the migration log itself (see
+/// [`crate::dirty_log`] for why).
 pub type Mem = GuestMemoryMmap<()>;
 
 /// The most memory segments a chain may have: the kernel's IOV_MAX
@@ -142,6 +145,10 @@ impl Direction {
 #[derive(Default)]
 pub struct GuestIoVecs {
     iov: Vec<libc::iovec>,
+    /// The guest address of each iovec of a chain as built, for dirty
+    /// logging of what the device writes (RX). `tx_frame` rewrites the
+    /// iovecs without it: a TX frame is only read.
+    gpa: Vec<u64>,
     len: usize,
     /// The snapshot the iovecs were built from (identity only).
     mem: usize,
@@ -157,6 +164,7 @@ impl GuestIoVecs {
     pub fn new() -> Self {
         Self {
             iov: Vec::with_capacity(64),
+            gpa: Vec::with_capacity(64),
             len: 0,
             mem: 0,
         }
@@ -164,6 +172,7 @@ impl GuestIoVecs {
 
     pub fn clear(&mut self) {
         self.iov.clear();
+        self.gpa.clear();
         self.len = 0;
         self.mem = 0;
     }
@@ -221,6 +230,7 @@ impl GuestIoVecs {
         }
         if let Err(e) = result {
             self.iov.truncate(old_segments);
+            self.gpa.truncate(old_segments);
             self.len = old_len;
             return Err(e);
         }
@@ -230,6 +240,7 @@ impl GuestIoVecs {
     /// Drops the first `segments` iovecs, which together hold `bytes`.
     pub fn drain_front(&mut self, segments: usize, bytes: usize) {
         self.iov.drain(..segments);
+        self.gpa.drain(..segments);
         self.len -= bytes;
     }
 
@@ -292,9 +303,11 @@ impl GuestIoVecs {
                     iov_base: host.cast(),
                     iov_len: len as usize,
                 });
+                self.gpa.push(addr);
                 self.len = total;
                 continue;
             }
+            let mut gpa = addr;
             for slice in view.mem().get_slices(desc.addr(), len as usize) {
                 // The memory error only restates the address and length.
                 let Ok(slice) = slice else {
@@ -307,6 +320,10 @@ impl GuestIoVecs {
                     iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                     iov_len: slice.len(),
                 });
+                self.gpa.push(gpa);
+                // The slices cover the range in order; the range was
+                // checked against guest memory, so this cannot overflow.
+                gpa += slice.len() as u64;
             }
             self.len = total;
         }
@@ -363,6 +380,31 @@ impl GuestIoVecs {
         // place as long as the frame lives. No Rust reference points into
         // guest memory.
         unsafe { TxFrame::new(hdr, &mut self.iov[start..]) }
+    }
+
+    /// Marks in `log` the guest pages that hold bytes `start..start + len`
+    /// of the described memory: what the device wrote there (RX). Bytes
+    /// past the end are ignored.
+    pub fn mark_written(&self, log: &LogMap, start: usize, len: usize) {
+        debug_assert_eq!(
+            self.gpa.len(),
+            self.iov.len(),
+            "iovecs rewritten by tx_frame"
+        );
+        let (mut skip, mut left) = (start, len);
+        for (v, &gpa) in self.iov.iter().zip(&self.gpa) {
+            if left == 0 {
+                break;
+            }
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            let n = (v.iov_len - skip).min(left);
+            log.mark(gpa + skip as u64, n as u64);
+            left -= n;
+            skip = 0;
+        }
     }
 
     /// Copies up to `out.len()` bytes from the start of the described

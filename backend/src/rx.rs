@@ -198,7 +198,7 @@ fn read_frames(
                 // chain is popped (so the avail event lands past them),
                 // and wait for more buffers.
                 if vs.get_queue().event_idx_enabled()
-                    && vs.get_queue_mut().enable_notification(view.mem())?
+                    && st.ring.enable_notification(vs, view.mem())?
                 {
                     continue; // buffers arrived meanwhile
                 }
@@ -229,7 +229,15 @@ fn read_frames(
         };
         if n <= capacity {
             deliver(ctx, st, vs, n, stats)?;
-        } else if mergeable && n < capacity + OVERFLOW_LEN && n <= largest {
+            continue;
+        }
+        // The read filled the guest's buffers (and went on into the
+        // overflow room): whatever becomes of the frame, those bytes of
+        // guest memory changed.
+        if let Some(log) = ctx.dirty {
+            st.iov.mark_written(log, 0, capacity);
+        }
+        if mergeable && n < capacity + OVERFLOW_LEN && n <= largest {
             // Larger than what the guest posted so far: hold it until
             // the guest posts more (see the module documentation).
             st.held_chains.clear();
@@ -311,7 +319,7 @@ fn gather(
         }
         // Nothing posted: ask for a kick while every posted chain is
         // popped, so the avail event lands past them.
-        if event_idx && vs.get_queue_mut().enable_notification(view.mem())? {
+        if event_idx && st.ring.enable_notification(vs, view.mem())? {
             continue; // buffers arrived meanwhile
         }
         return Ok(Gather::Starved);
@@ -342,6 +350,11 @@ fn deliver(
     if ctx.hdr_len() == HDR_LEN_V1 {
         st.iov
             .write_at(NUM_BUFFERS_OFFSET, &(filled as u16).to_le_bytes());
+    }
+    // Everything written into the frame's buffers (the read, a held
+    // frame's tail, `num_buffers`), marked before the used ring shows it.
+    if let Some(log) = ctx.dirty {
+        st.iov.mark_written(log, 0, n);
     }
     let mut remaining = n;
     for g in &st.chains[..filled] {

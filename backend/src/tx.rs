@@ -188,7 +188,7 @@ fn drain(
     stats: &mut Stats,
 ) -> Result<(), QueueError> {
     loop {
-        vs.get_queue_mut().disable_notification(view.mem())?;
+        st.ring.disable_notification(vs, view.mem())?;
         loop {
             let broken = collect(ctx, st, vs, view, stats)?;
             let full = st.batch.len() == MAX_BATCH;
@@ -219,7 +219,7 @@ fn drain(
                 stats.used = false;
             }
         }
-        if !vs.get_queue_mut().enable_notification(view.mem())? {
+        if !st.ring.enable_notification(vs, view.mem())? {
             return Ok(());
         }
     }

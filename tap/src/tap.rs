@@ -62,6 +62,12 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot set the virtio-net header length of tap {name:?}")]
+    HeaderLength {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// How a tap queue hands TX frames to the kernel.
@@ -150,14 +156,23 @@ impl Tap {
                 },
             });
         }
-        Ok(Tap {
+        let tap = Tap {
             file,
             name: name.to_owned(),
             hdr_len: HDR_LEN_V1,
             attached: true,
             uring: None,
             uring_failed: false,
-        })
+        };
+        // The kernel starts a queue at the legacy 10-byte header; a frame
+        // sent before the first `configure` (zcnet's RARP announcement can
+        // come before SET_FEATURES) must carry the header `send` writes.
+        tap.set_vnet_hdr_len(tap.hdr_len)
+            .map_err(|source| TapError::HeaderLength {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(tap)
     }
 
     /// Sends TX batches through `engine` from now on. For `Uring`, the

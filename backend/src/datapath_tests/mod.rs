@@ -31,6 +31,8 @@ macro_rules! engine_test {
     };
 }
 
+mod call;
+mod dirty;
 mod lending;
 mod no_alloc;
 mod rx;
