@@ -558,8 +558,14 @@ mod tests {
 
     #[test]
     fn seccomp_modes() {
-        assert_eq!(args(&["--seccomp", "log"]).unwrap().seccomp, SeccompMode::Log);
-        assert_eq!(args(&["--seccomp", "off"]).unwrap().seccomp, SeccompMode::Off);
+        assert_eq!(
+            args(&["--seccomp", "log"]).unwrap().seccomp,
+            SeccompMode::Log
+        );
+        assert_eq!(
+            args(&["--seccomp", "off"]).unwrap().seccomp,
+            SeccompMode::Off
+        );
         assert_eq!(
             args(&["--seccomp", "enforce"]).unwrap().seccomp,
             SeccompMode::Enforce

@@ -412,12 +412,13 @@ fn prime_handler(back: &UnixStream) -> Result<(), DaemonError> {
         Vec::new(),
         Vec::new(),
     );
-    request
-        .write_to(back)
-        .map_err(DaemonError::PrimeHandler)?;
+    request.write_to(back).map_err(DaemonError::PrimeHandler)?;
     match Message::read_from(back).map_err(DaemonError::PrimeHandler)? {
         Some(reply) if reply.request() == Some(FrontendReq::GET_FEATURES) => Ok(()),
-        Some(reply) => Err(DaemonError::PrimeReply(format!("a reply to {}", reply.code()))),
+        Some(reply) => Err(DaemonError::PrimeReply(format!(
+            "a reply to {}",
+            reply.code()
+        ))),
         None => Err(DaemonError::PrimeReply(
             "no reply: it closed the connection".to_owned(),
         )),

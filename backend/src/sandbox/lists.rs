@@ -75,6 +75,10 @@ fn main() -> Result<List, BackendError> {
     ioctls(&mut l, FD_IOCTLS)?;
     sockets(&mut l, &[libc::AF_UNIX])?;
     new_threads(&mut l)?;
+    // glibc installs its handlers of SIGCANCEL and SIGSETXID (signals 32
+    // and 33, the kernel's first real-time signals, which glibc keeps for
+    // itself) when the process starts its first thread.
+    with_args(&mut l, libc::SYS_rt_sigaction, &[32, 33], 0)?;
     // Threads it starts install their own filter under this one.
     with_args(
         &mut l,
@@ -190,6 +194,8 @@ const WORKER: &[i64] = &[
     libc::SYS_fcntl,
     libc::SYS_dup,
     libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
 ];
 
 /// Batched tap writes through io_uring (worker threads).
@@ -237,6 +243,10 @@ const CONTROL: &[i64] = &[
 /// connection's threads, closing leaked exit events.
 const MAIN: &[i64] = &[
     libc::SYS_accept4,
+    // Is an exit event's descriptor still that file?
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
     libc::SYS_bind,
     libc::SYS_listen,
     libc::SYS_connect,
@@ -245,6 +255,9 @@ const MAIN: &[i64] = &[
     libc::SYS_epoll_ctl,
 ];
 
+// `libc::Ioctl` is a `c_ulong` on glibc and a `c_int` on other C
+// libraries: the casts are needed there.
+#[allow(clippy::unnecessary_cast)]
 /// ioctls on a tap queue: attach or detach it (`TUNSETQUEUE`, as the guest
 /// enables pairs), and the offloads and header size the guest negotiated.
 const TAP_IOCTLS: &[u64] = &[
@@ -254,6 +267,7 @@ const TAP_IOCTLS: &[u64] = &[
 ];
 
 /// ioctls any descriptor may see: bytes waiting, non-blocking mode.
+#[allow(clippy::unnecessary_cast)]
 const FD_IOCTLS: &[u64] = &[libc::FIONREAD as u64, libc::FIONBIO as u64];
 
 /// Starting threads: `clone` with `CLONE_THREAD` only (`clone3`, whose
@@ -314,9 +328,8 @@ fn sockets(l: &mut List, families: &[libc::c_int]) -> Result<(), BackendError> {
 
 /// Adds `rules` to `nr` unless it is allowed outright already.
 fn add_rules(l: &mut List, nr: i64, rules: Vec<SeccompRule>) {
-    match l.entry(nr).or_insert_with(|| Some(Vec::new())) {
-        Some(existing) => existing.extend(rules),
-        None => {}
+    if let Some(existing) = l.entry(nr).or_insert_with(|| Some(Vec::new())) {
+        existing.extend(rules);
     }
 }
 

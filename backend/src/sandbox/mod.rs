@@ -158,8 +158,27 @@ pub fn init(mode: SeccompMode) -> Result<(), SandboxError> {
     if mode == SeccompMode::Enforce {
         sigsys::install_handler().map_err(SandboxError::Handler)?;
     }
+    if mode != SeccompMode::Off {
+        fix_malloc_arenas();
+    }
     let _ = MODE.set(mode);
     Ok(())
+}
+
+/// Sets glibc's limit of malloc arenas now, as glibc would compute it:
+/// otherwise glibc computes it the first time a thread needs a new arena,
+/// by opening `/sys/devices/system/cpu/online`, and no list allows
+/// `openat`.
+fn fix_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // glibc's default on 64-bit: 8 arenas per core.
+        let arenas = libc::c_int::try_from(8 * cores).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt takes two integers; glibc applies M_ARENA_MAX
+        // under its own lock. A failure leaves glibc's default.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
+    }
 }
 
 /// The main thread's filters (see the module doc), once start-up is done.
@@ -237,7 +256,8 @@ pub(crate) fn compile(kind: Kind, mismatch: SeccompAction) -> Result<BpfProgram,
         source,
     };
     let rules = lists::rules(kind).map_err(build)?;
-    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(build)?;
+    let filter =
+        SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(build)?;
     filter.try_into().map_err(|source| SandboxError::Compile {
         kind: kind.name(),
         source,

@@ -11,8 +11,8 @@
 
 use std::io;
 
-use super::syscall_names::SYSCALLS;
 use super::installed;
+use super::syscall_names::SYSCALLS;
 
 /// The daemon's exit status after a denied system call: 128 + SIGSYS, as
 /// a shell reports a process killed by SIGSYS.
@@ -70,16 +70,17 @@ extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: 
                 line.push(kind.name().as_bytes());
                 line.push(b" thread made system call ");
             }
-            None => line.push(
-                b"zcnet: seccomp: a thread under the filter it inherited made system call ",
-            ),
+            None => line
+                .push(b"zcnet: seccomp: a thread under the filter it inherited made system call "),
         }
         line.push(name(nr).as_bytes());
         line.push(b" (number ");
         line.push_number(i64::from(nr));
-        line.push(b"), which its allow-list does not permit: exiting. Run zcnet with \
+        line.push(
+            b"), which its allow-list does not permit: exiting. Run zcnet with \
 --seccomp log to have the kernel log every such call (dmesg or journalctl -k, audit type=1326), \
-and report it\n");
+and report it\n",
+        );
     } else {
         line.push(b"zcnet: SIGSYS not raised by seccomp: exiting\n");
     }

@@ -707,4 +707,3 @@ pub(super) const SYSCALLS: &[(u32, &str)] = &[
     (461, "lsm_list_modules"),
     (462, "mseal"),
 ];
-

@@ -50,7 +50,10 @@ fn child() {
     // Allowed on every kind: an eventfd is not needed, a pipe is not
     // made; write to stderr and read the clock.
     let t = std::time::Instant::now();
-    eprintln!("child: filter installed, allowed calls work ({:?})", t.elapsed());
+    eprintln!(
+        "child: filter installed, allowed calls work ({:?})",
+        t.elapsed()
+    );
     match call {
         // Allowed on a worker: a tap's TUNSETOFFLOAD is not, FIONREAD is.
         "fionread" => {
@@ -166,7 +169,10 @@ fn assert_allowed(o: &Output, result: &str) {
         "status {:?}\nstdout: {out}\nstderr: {err}",
         o.status
     );
-    assert!(out.contains(result), "no {result:?} in {out}\nstderr: {err}");
+    assert!(
+        out.contains(result),
+        "no {result:?} in {out}\nstderr: {err}"
+    );
     assert!(!err.contains("zcnet: seccomp:"), "{err}");
 }
 
@@ -191,9 +197,17 @@ fn every_kind_compiles_for_enforce_and_log() {
 #[test]
 fn ptrace_and_exec_are_denied_to_every_kind_with_the_call_named() {
     for kind in ["main", "frontend", "worker", "metrics", "control"] {
-        assert_denied(&run_child(kind, "enforce", "ptrace"), kind_named(kind), "ptrace");
+        assert_denied(
+            &run_child(kind, "enforce", "ptrace"),
+            kind_named(kind),
+            "ptrace",
+        );
     }
-    assert_denied(&run_child("worker", "enforce", "execve"), Kind::Worker, "execve");
+    assert_denied(
+        &run_child("worker", "enforce", "execve"),
+        Kind::Worker,
+        "execve",
+    );
 }
 
 #[test]
