@@ -46,12 +46,14 @@ fn own(kind: Kind) -> Result<List, BackendError> {
         Kind::Main => return main(),
         Kind::Frontend => {
             allow(&mut l, FRONTEND);
+            allow(&mut l, ATTACHMENT);
             ioctls(&mut l, TAP_IOCTLS)?;
             ioctls(&mut l, FD_IOCTLS)?;
             sockets(&mut l, &[libc::AF_INET, libc::AF_INET6])?;
         }
         Kind::Worker => {
             allow(&mut l, WORKER);
+            allow(&mut l, ATTACHMENT);
             allow(&mut l, IO_URING);
             ioctls(&mut l, FD_IOCTLS)?;
             sockets(&mut l, &[libc::AF_INET, libc::AF_INET6])?;
@@ -127,17 +129,12 @@ const EVERY_THREAD: &[i64] = &[
 /// messages with descriptors, guest memory and in-flight regions mapped
 /// from them (SET_MEM_TABLE, ADD/REM_MEM_REG, SET_LOG_BASE,
 /// GET/SET_INFLIGHT_FD), kick and call eventfds registered with the
-/// workers, GET_VRING_BASE's drain (reaping the error queue, waiting with
-/// poll), a VXLAN pair's receive socket opened when the guest enables it.
+/// workers. Beside these, the attachment's own work ([`ATTACHMENT`]) runs
+/// on these threads too: SET_FEATURES configures it, SET_VRING_ENABLE
+/// attaches a tap queue or opens a VXLAN pair's receive socket, and
+/// GET_VRING_BASE's drain reaps its error queue and services it (a stream
+/// reconnects, accepts and runs its timers there).
 const FRONTEND: &[i64] = &[
-    libc::SYS_read,
-    libc::SYS_readv,
-    libc::SYS_recvmsg,
-    libc::SYS_recvfrom,
-    libc::SYS_sendmsg,
-    libc::SYS_sendto,
-    libc::SYS_shutdown,
-    libc::SYS_fcntl,
     libc::SYS_dup,
     libc::SYS_fstat,
     libc::SYS_newfstatat,
@@ -148,20 +145,24 @@ const FRONTEND: &[i64] = &[
     libc::SYS_fallocate,
     libc::SYS_msync,
     libc::SYS_eventfd2,
-    libc::SYS_epoll_ctl,
-    libc::SYS_ppoll,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_poll,
-    libc::SYS_bind,
-    libc::SYS_setsockopt,
-    libc::SYS_getsockopt,
-    libc::SYS_getsockname,
 ];
 
-/// A queue pair's worker: the crate's epoll loop, the tap (readv/writev),
-/// sockets (MSG_ZEROCOPY sends, the error queue, reconnects and accepts
-/// of the stream attachment), timers, eventfds, mapped guest memory.
+/// A queue pair's worker, beside its attachment's work ([`ATTACHMENT`]):
+/// the crate's epoll loop, eventfds, mapped guest memory.
 const WORKER: &[i64] = &[
+    libc::SYS_eventfd2,
+    libc::SYS_dup,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+];
+
+/// An attachment at work, on a worker or a frontend thread: the tap
+/// (`readv`/`writev`), sockets (MSG_ZEROCOPY sends, the error queue,
+/// reconnects and accepts of the stream attachment, VXLAN's receive
+/// sockets), the attachment's own epoll sets and timers, and waiting for
+/// notifications.
+const ATTACHMENT: &[i64] = &[
     libc::SYS_read,
     libc::SYS_readv,
     libc::SYS_recvmsg,
@@ -176,7 +177,6 @@ const WORKER: &[i64] = &[
     libc::SYS_epoll_pwait2,
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_create1,
-    libc::SYS_eventfd2,
     libc::SYS_timerfd_create,
     libc::SYS_timerfd_settime,
     libc::SYS_timerfd_gettime,
@@ -192,10 +192,6 @@ const WORKER: &[i64] = &[
     libc::SYS_getpeername,
     libc::SYS_shutdown,
     libc::SYS_fcntl,
-    libc::SYS_dup,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
 ];
 
 /// Batched tap writes through io_uring (worker threads).
