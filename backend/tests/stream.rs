@@ -15,10 +15,10 @@ use zcnet_harness::frames::{self, GUEST_MAC, HOST_MAC};
 use zcnet_harness::guest::{self, FakeGuest, GuestOpts, HDR_LEN};
 use zcnet_harness::netns::NetNs;
 use zcnet_harness::ring::Used;
-use zcnet_harness::vhost::VhostBackend;
 use zcnet_harness::stream_lab::{
     self, accept, read_record, reset, write_record, Role, StreamLab, WAIT,
 };
+use zcnet_harness::vhost::VhostBackend;
 
 /// The zcnet that Cargo built for these tests.
 fn zcnet() -> ZcnetBin {

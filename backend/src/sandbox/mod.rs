@@ -45,7 +45,11 @@
 //! `enforce` (the default) makes a denied call raise SIGSYS
 //! (`SECCOMP_RET_TRAP`); the handler ([`sigsys`]) writes one line naming
 //! the thread's kind and the system call (number and name) to stderr and
-//! exits the process with status [`DENIED_EXIT_STATUS`]. `log` allows
+//! exits the process with status [`DENIED_EXIT_STATUS`]. Where glibc
+//! blocks every signal around a call (inside `fork` or `pthread_create`),
+//! the kernel cannot deliver the SIGSYS to the handler and kills the
+//! process with it instead; the kernel logs trapped calls too (audit type
+//! 1326, `sig=31`). `log` allows
 //! every call but has the kernel log each one outside a list
 //! (`SECCOMP_RET_LOG`: an audit record of type 1326 in the kernel log, or
 //! in the audit log when auditd runs). `off` installs nothing.
