@@ -47,6 +47,9 @@ fn own(kind: Kind) -> Result<List, BackendError> {
         Kind::Frontend => {
             allow(&mut l, FRONTEND);
             allow(&mut l, ATTACHMENT);
+            // Wherever the tap's io_uring is set up (configuring the
+            // attachment runs on these threads too).
+            allow(&mut l, IO_URING);
             ioctls(&mut l, TAP_IOCTLS)?;
             ioctls(&mut l, FD_IOCTLS)?;
             sockets(&mut l, &[libc::AF_INET, libc::AF_INET6])?;
@@ -194,7 +197,8 @@ const ATTACHMENT: &[i64] = &[
     libc::SYS_fcntl,
 ];
 
-/// Batched tap writes through io_uring (worker threads).
+/// Batched tap writes through io_uring (workers; and the frontend
+/// threads, which configure the attachment).
 const IO_URING: &[i64] = &[
     libc::SYS_io_uring_setup,
     libc::SYS_io_uring_enter,
