@@ -118,6 +118,19 @@ pub struct Args {
     /// type 1326: dmesg, journalctl -k); `off` installs no filter.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Enforce)]
     pub seccomp: SeccompMode,
+    /// How TX frames reach the tap: `uring` writes each batch (up to 64
+    /// frames) with one io_uring_enter, `syscall` one writev per frame
+    /// [default: uring if this kernel offers what zcnet needs, checked at
+    /// start-up, else syscall].
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    pub io_engine: Option<IoEngine>,
+}
+
+/// `--io-engine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IoEngine {
+    Uring,
+    Syscall,
 }
 
 /// Where the guest's frames go.
@@ -178,6 +191,8 @@ pub struct Config {
     pub ledger: PathBuf,
     /// `--seccomp`.
     pub seccomp: SeccompMode,
+    /// `None`: chosen at start-up from what the kernel offers.
+    pub io_engine: Option<IoEngine>,
 }
 
 /// What is wrong with the arguments, and how to fix it.
@@ -386,6 +401,7 @@ impl TryFrom<Args> for Config {
             metrics: a.metrics,
             user: a.user,
             seccomp: a.seccomp,
+            io_engine: a.io_engine,
         })
     }
 }
@@ -592,6 +608,20 @@ mod tests {
         assert!(args(&["--metrics", "localhost"])
             .unwrap_err()
             .contains("--metrics"));
+    }
+
+    #[test]
+    fn the_io_engine_is_chosen_at_start_up_unless_asked_for() {
+        assert_eq!(args(&[]).unwrap().io_engine, None);
+        assert_eq!(
+            args(&["--io-engine", "syscall"]).unwrap().io_engine,
+            Some(IoEngine::Syscall)
+        );
+        assert_eq!(
+            args(&["--io-engine", "uring"]).unwrap().io_engine,
+            Some(IoEngine::Uring)
+        );
+        assert!(args(&["--io-engine", "aio"]).unwrap_err().contains("uring"));
     }
 
     #[test]

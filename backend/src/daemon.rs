@@ -14,6 +14,7 @@ use thiserror::Error;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use zcnet_tap::uring::{self, UringError};
 use zcnet_tap::vxlan::header::VniOutOfRange;
 use zcnet_tap::vxlan::{MacAddr, Vni, VxlanConfig, VxlanError, VxlanMetrics};
 use zcnet_tap::{
@@ -21,13 +22,14 @@ use zcnet_tap::{
     UdpError,
 };
 
-use crate::cli::{AttachmentConfig, Config};
+use crate::cli::{AttachmentConfig, Config, IoEngine};
 use crate::control::{self, ControlError};
 use crate::device::{DeviceSpec, NetDevice};
 use crate::frontend_relay;
 use crate::inflight::{self, Geometry, LedgerError, Record, Session};
 use crate::lending::{LendPolicy, ZeroCopyMode};
 use crate::metrics::{self, Metrics, ServeError};
+use crate::migration::Migration;
 use crate::net_intercept::NetIntercept;
 use crate::privileges::{self, PrivilegeError};
 use crate::sandbox::{self, SandboxError};
@@ -39,6 +41,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error("cannot open the tap")]
     Tap(#[from] TapError),
+    #[error("--io-engine uring: this kernel cannot do it")]
+    Uring(#[source] UringError),
     #[error("cannot open the UDP attachment")]
     Udp(#[from] UdpError),
     #[error("cannot open the TCP stream attachment")]
@@ -199,14 +203,21 @@ impl Opened {
 /// Opens the attachment of every queue pair, once for the daemon's life.
 fn open_attachments(config: &Config) -> Result<Opened, DaemonError> {
     let zc = config.zerocopy != ZeroCopyMode::Off;
+    if config.io_engine.is_some() && !matches!(config.attachment, AttachmentConfig::Tap(_)) {
+        info!("--io-engine applies to a tap; socket attachments send with one sendmsg per frame");
+    }
     match &config.attachment {
         AttachmentConfig::Tap(name) => {
-            let taps = Tap::open_queues(name, config.queue_pairs)?;
+            let mut taps = Tap::open_queues(name, config.queue_pairs)?;
             info!(
                 "tap {name} open with {} queue(s); the kernel accepts offloads {:?}",
                 config.queue_pairs,
                 taps[0].supported_offloads()
             );
+            let engine = tap_io_engine(config.io_engine)?;
+            for tap in &mut taps {
+                tap.set_io_engine(engine);
+            }
             Ok(Opened::plain(
                 taps.into_iter().map(|t| Box::new(t) as _).collect(),
                 config,
@@ -293,6 +304,39 @@ fn open_attachments(config: &Config) -> Result<Opened, DaemonError> {
     }
 }
 
+/// The I/O engine of the tap's TX: what `--io-engine` asked for, or
+/// io_uring if the kernel offers it; logged either way.
+fn tap_io_engine(asked: Option<IoEngine>) -> Result<zcnet_tap::IoEngine, DaemonError> {
+    let engine = match (asked, uring::probe()) {
+        (Some(IoEngine::Syscall), _) => {
+            info!("TX I/O engine: syscall (--io-engine syscall): one writev per frame");
+            zcnet_tap::IoEngine::Syscall
+        }
+        (Some(IoEngine::Uring), Err(e)) => return Err(DaemonError::Uring(e)),
+        (None, Err(e)) => {
+            info!(
+                "TX I/O engine: syscall, one writev per frame: io_uring is not usable here ({})",
+                crate::error_chain(&e)
+            );
+            zcnet_tap::IoEngine::Syscall
+        }
+        (_, Ok(())) => {
+            info!(
+                "TX I/O engine: uring{}: up to {} frames per io_uring_enter, linked writes \
+                 on a registered fd",
+                if asked.is_some() {
+                    " (--io-engine uring)"
+                } else {
+                    " (this kernel has it)"
+                },
+                zcnet_tap::MAX_BATCH
+            );
+            zcnet_tap::IoEngine::Uring
+        }
+    };
+    Ok(engine)
+}
+
 fn open_stream(
     config: &Config,
     endpoint: StreamEndpoint,
@@ -355,6 +399,7 @@ pub(crate) fn serve_connection(
         )
         .map_err(DaemonError::Device)?,
     );
+    let migration = Migration::new(device.dirty_log(), mem.clone(), device.clone());
     let mut daemon = VhostUserDaemon::new(sandbox::HANDLER_THREAD.to_owned(), device.clone(), mem)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
     let front = accept()?;
@@ -368,7 +413,8 @@ pub(crate) fn serve_connection(
     prime_handler(&back)?;
     let intercept = Arc::new(
         NetIntercept::new(device.queue_pairs(), spec.queue_size, device.clone())
-            .with_inflight(session),
+            .with_inflight(session)
+            .with_migration(migration),
     );
     let relay = frontend_relay::start(front, back, intercept).map_err(DaemonError::Relay)?;
     metrics.connections.inc();

@@ -8,6 +8,7 @@ use vhost_user_backend::{VringRwLock, VringState};
 use vm_memory::GuestMemoryAtomic;
 use zcnet_tap::Attachment;
 
+use crate::dirty_log::LogMap;
 use crate::features::Negotiated;
 use crate::guest_errors::GuestErrorLog;
 use crate::iovec::Mem;
@@ -38,6 +39,9 @@ pub struct Ctx<'a> {
     pub features: Negotiated,
     pub guest_log: &'a mut GuestErrorLog,
     pub host_log: &'a mut GuestErrorLog,
+    /// The migration's dirty log for this event's writes into guest
+    /// buffers, or `None` when no migration logs them.
+    pub dirty: Option<&'a LogMap>,
 }
 
 impl Ctx<'_> {

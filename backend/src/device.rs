@@ -15,12 +15,14 @@ use zcnet_tap::{Attachment, Offloads};
 
 use crate::config_space::NetConfigSpace;
 use crate::datapath::Vring;
+use crate::dirty_log::{DirtyLog, VHOST_F_LOG_ALL};
 use crate::exit_events::ExitEvents;
 use crate::features::{self, Negotiated};
 use crate::inflight::Session;
 use crate::iovec::Mem;
 use crate::lending::LendPolicy;
 use crate::metrics::Metrics;
+use crate::migration::MigrationDevice;
 use crate::net_intercept::DeviceEvents;
 use crate::queue_pair::{PairEvent, QueuePair};
 use crate::sandbox::{self, Kind};
@@ -50,6 +52,9 @@ pub struct NetDevice {
     config: NetConfigSpace,
     offered: u64,
     exit_events: ExitEvents,
+    /// Dirty logging for live migration, shared with the pairs (which
+    /// mark) and the interceptor (which maps logs).
+    dirty: Arc<DirtyLog>,
 }
 
 impl NetDevice {
@@ -62,12 +67,16 @@ impl NetDevice {
         mem: GuestMemoryAtomic<Mem>,
         inflight: Arc<Session>,
     ) -> io::Result<Self> {
+        let dirty = Arc::new(DirtyLog::new(2 * attachments.len()));
         let pairs = attachments
             .into_iter()
             .enumerate()
             .map(|(i, a)| {
                 let session = inflight.clone();
-                QueuePair::new(i, a, metrics.queue(i), spec.lend, spec.drain, session)
+                let mut pair =
+                    QueuePair::new(i, a, metrics.queue(i), spec.lend, spec.drain, session)?;
+                pair.set_dirty_log(dirty.clone());
+                Ok(pair)
             })
             .collect::<io::Result<Vec<_>>>()?;
         // No pair takes frames until the frontend enables it (see
@@ -83,6 +92,7 @@ impl NetDevice {
             spec,
             config,
             exit_events: ExitEvents::default(),
+            dirty,
         })
     }
 
@@ -90,6 +100,11 @@ impl NetDevice {
     /// `exit_events`); call it after the `VhostUserDaemon` is dropped.
     pub fn close_leaked_exit_events(&self) {
         self.exit_events.close_leaked();
+    }
+
+    /// The connection's dirty logging, for the interceptor.
+    pub fn dirty_log(&self) -> Arc<DirtyLog> {
+        self.dirty.clone()
     }
 
     /// Hands every pair's attachment back, in pair order (call once the
@@ -142,6 +157,21 @@ impl DeviceEvents for NetDevice {
     }
 }
 
+impl MigrationDevice for NetDevice {
+    fn quiesce(&self) {
+        for pair in &self.pairs {
+            pair.quiesce();
+        }
+    }
+
+    fn announce(&self, frame: &[u8]) -> io::Result<()> {
+        self.pairs
+            .first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no queue pair"))?
+            .send_own_frame(frame)
+    }
+}
+
 impl VhostUserBackend for NetDevice {
     type Bitmap = ();
     type Vring = Vring;
@@ -163,7 +193,22 @@ impl VhostUserBackend for NetDevice {
     }
 
     fn acked_features(&self, bits: u64) {
+        // LOG_ALL is vhost's, not the guest's: it starts and stops dirty
+        // logging (live migration). vhost-user-backend keeps no state for
+        // it, so zcnet follows it both ways itself.
+        let log_all = bits & VHOST_F_LOG_ALL != 0;
+        if self.dirty.set_log_all(log_all) != log_all {
+            info!(
+                "dirty logging {} (SET_FEATURES {} VHOST_F_LOG_ALL)",
+                if log_all { "on" } else { "off" },
+                if log_all { "acked" } else { "cleared" }
+            );
+        }
+        let bits = bits & !VHOST_F_LOG_ALL;
         let features = Negotiated { bits };
+        // Every pair's lock is taken below (set_features), after the flag
+        // changed: an event in progress ends before the frontend gets its
+        // reply, and every later event marks its writes.
         // Without PROTOCOL_FEATURES every ring is enabled at SET_FEATURES
         // (vhost-user "Ring states"); with it, SET_VRING_ENABLE says.
         let all_enabled = bits & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0;

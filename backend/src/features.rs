@@ -31,7 +31,11 @@ const BASE: u64 = bit(VIRTIO_F_VERSION_1)
 /// and whether the device has an MTU to report. A tap does both alike; a
 /// VXLAN attachment takes offloaded frames but delivers plain ones.
 pub fn offered(tx: Offloads, rx: Offloads, mtu: bool) -> u64 {
-    let mut f = BASE | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    // LOG_ALL: zcnet logs the pages it writes while a migration runs
+    // (crate::dirty_log); QEMU blocks migration without it.
+    let mut f = BASE
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        | crate::dirty_log::VHOST_F_LOG_ALL;
     for (host_ok, host, guest_ok, guest) in [
         (tx.csum, VIRTIO_NET_F_CSUM, rx.csum, VIRTIO_NET_F_GUEST_CSUM),
         (
@@ -84,12 +88,16 @@ pub fn offered(tx: Offloads, rx: Offloads, mtu: bool) -> u64 {
 /// QEMU (which only sends it when NET_MTU is negotiated) never sends it.
 /// INFLIGHT_SHMFD is answered by zcnet's interceptor (`inflight`), not by
 /// vhost-user-backend, which only stubs it.
+/// LOG_SHMFD and RARP are live migration's (crate::migration): zcnet
+/// answers SET_LOG_BASE and SEND_RARP itself.
 pub fn protocol() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+        | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::RARP
 }
 
 /// What a negotiated feature set means for one connection's datapath.

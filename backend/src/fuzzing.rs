@@ -16,7 +16,7 @@ use arbitrary::Unstructured;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::iovec::{Direction, GuestIoVecs, Mem};
+use crate::iovec::{Direction, GuestIoVecs, Mem, MemView};
 
 mod messages;
 
@@ -134,12 +134,13 @@ pub fn descriptor_chains(data: &[u8]) {
         })
         .collect();
     let mut iov = GuestIoVecs::new();
+    let view = MemView::new(&mem);
     for _ in 0..chains {
         let Some(chain) = queue.pop_descriptor_chain(&mem) else {
             break;
         };
         let (segments, len) = (iov.segments(), iov.len());
-        let result = iov.push_chain(chain, &mem, direction, min_len, max_len, max_descriptors);
+        let result = iov.push_chain(chain, &view, direction, min_len, max_len, max_descriptors);
         if std::env::var_os("ZCNET_FUZZ_DEBUG").is_some() {
             eprintln!("chain: {result:?}");
         }

@@ -1,28 +1,94 @@
 //! The one place where guest descriptor chains become iovecs.
 //!
-//! Every range is bounds-checked against the guest memory map with
-//! `get_slices`, so an iovec built here always points into memory that is
-//! mapped for as long as the `GuestMemoryMmap` snapshot it came from lives.
+//! Every range is bounds-checked against the guest memory map (against the
+//! region a [`MemView`] remembers, else with `get_slices`), so an iovec
+//! built here always points into memory that is mapped for as long as the
+//! `GuestMemoryMmap` snapshot it came from lives.
 //! Callers keep that snapshot (a `GuestMemoryLoadGuard`) alive across the
 //! system call that uses the iovecs; a later SET_MEM_TABLE swaps in a new
 //! map but cannot unmap the old one while the guard holds it.
 
+use std::cell::Cell;
 use std::ops::Deref;
 
 use thiserror::Error;
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
 use zcnet_tap::vnet_hdr::VnetHdr;
 use zcnet_tap::{RxBuffers, TxFrame};
 
-/// The guest memory map zcnet works on (no dirty-page bitmap: zcnet does
-/// not offer LOG_SHMFD, so live migration is refused by the frontend).
+use crate::dirty_log::LogMap;
+
+/// The guest memory map zcnet works on. It has no dirty-page bitmap of
+/// vm-memory's: zcnet marks its writes in the migration log itself (see
+/// [`crate::dirty_log`] for why).
 pub type Mem = GuestMemoryMmap<()>;
 
 /// The most memory segments a chain may have: the kernel's IOV_MAX
 /// (1024) less the one iovec an attachment adds (a header on TX, the
 /// overflow room on RX).
 pub const MAX_SEGMENTS: usize = 1023;
+
+/// Guest memory as one drain of a queue sees it: the snapshot, and the
+/// region the last descriptor fell in, so the next descriptor in the same
+/// region (nearly all of them) costs a range check instead of a lookup in
+/// the memory map.
+///
+/// The remembered region belongs to the snapshot the view borrows, so it
+/// can never outlive it: a view lives for one drain, and the next drain
+/// (perhaps after SET_MEM_TABLE) starts with a fresh one.
+pub struct MemView<'m> {
+    mem: &'m Mem,
+    last: Cell<Option<Span>>,
+}
+
+/// A region of the snapshot: guest addresses `start..start + len`, mapped
+/// at `host..host + len` in zcnet.
+#[derive(Clone, Copy)]
+struct Span {
+    start: u64,
+    len: u64,
+    host: *mut u8,
+}
+
+impl<'m> MemView<'m> {
+    pub fn new(mem: &'m Mem) -> Self {
+        MemView {
+            mem,
+            last: Cell::new(None),
+        }
+    }
+
+    pub fn mem(&self) -> &'m Mem {
+        self.mem
+    }
+
+    /// The host address of guest range `addr..addr + len` if it lies
+    /// inside one region (which the bounds-checked slower path of
+    /// `get_slices` would also give as one slice), or `None`.
+    fn host_range(&self, addr: u64, len: usize) -> Option<*mut u8> {
+        let within = |s: &Span| {
+            let offset = addr.checked_sub(s.start)?;
+            let end = offset.checked_add(len as u64)?;
+            // Pointer arithmetic only: `offset + len <= s.len`, so the
+            // result stays inside the region's mapping.
+            (end <= s.len).then(|| s.host.wrapping_add(offset as usize))
+        };
+        if let Some(hit) = self.last.get().as_ref().and_then(within) {
+            return Some(hit);
+        }
+        let region = self.mem.find_region(GuestAddress(addr))?;
+        let span = Span {
+            start: region.start_addr().0,
+            len: region.len(),
+            host: region.get_host_address(MemoryRegionAddress(0)).ok()?,
+        };
+        self.last.set(Some(span));
+        within(&span)
+    }
+}
 
 /// Why a chain cannot be used. The chain goes back with length 0.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -79,6 +145,10 @@ impl Direction {
 #[derive(Default)]
 pub struct GuestIoVecs {
     iov: Vec<libc::iovec>,
+    /// The guest address of each iovec of a chain as built, for dirty
+    /// logging of what the device writes (RX). `tx_frame` rewrites the
+    /// iovecs without it: a TX frame is only read.
+    gpa: Vec<u64>,
     len: usize,
     /// The snapshot the iovecs were built from (identity only).
     mem: usize,
@@ -94,6 +164,7 @@ impl GuestIoVecs {
     pub fn new() -> Self {
         Self {
             iov: Vec::with_capacity(64),
+            gpa: Vec::with_capacity(64),
             len: 0,
             mem: 0,
         }
@@ -101,6 +172,7 @@ impl GuestIoVecs {
 
     pub fn clear(&mut self) {
         self.iov.clear();
+        self.gpa.clear();
         self.len = 0;
         self.mem = 0;
     }
@@ -128,7 +200,7 @@ impl GuestIoVecs {
     pub fn push_chain<M>(
         &mut self,
         chain: DescriptorChain<M>,
-        mem: &Mem,
+        view: &MemView<'_>,
         direction: Direction,
         min_len: usize,
         max_len: usize,
@@ -138,7 +210,7 @@ impl GuestIoVecs {
         M: Deref,
         M::Target: vm_memory::GuestMemory,
     {
-        let id = mem as *const Mem as usize;
+        let id = view.mem() as *const Mem as usize;
         assert!(
             self.iov.is_empty() || self.mem == id,
             "GuestIoVecs mixes two guest-memory snapshots"
@@ -147,7 +219,7 @@ impl GuestIoVecs {
         let (old_segments, old_len) = (self.iov.len(), self.len);
         let mut result = self.push_descriptors(
             chain,
-            mem,
+            view,
             direction,
             old_len.saturating_add(max_len),
             max_descriptors,
@@ -158,6 +230,7 @@ impl GuestIoVecs {
         }
         if let Err(e) = result {
             self.iov.truncate(old_segments);
+            self.gpa.truncate(old_segments);
             self.len = old_len;
             return Err(e);
         }
@@ -167,13 +240,14 @@ impl GuestIoVecs {
     /// Drops the first `segments` iovecs, which together hold `bytes`.
     pub fn drain_front(&mut self, segments: usize, bytes: usize) {
         self.iov.drain(..segments);
+        self.gpa.drain(..segments);
         self.len -= bytes;
     }
 
     fn push_descriptors<M>(
         &mut self,
         chain: DescriptorChain<M>,
-        mem: &Mem,
+        view: &MemView<'_>,
         direction: Direction,
         max_len: usize,
         max_descriptors: usize,
@@ -216,7 +290,25 @@ impl GuestIoVecs {
                     max: max_len,
                 });
             }
-            for slice in mem.get_slices(desc.addr(), len as usize) {
+            if len == 0 {
+                continue;
+            }
+            if let Some(host) = view.host_range(addr, len as usize) {
+                // One region holds the whole descriptor: the same single
+                // slice `get_slices` would give, without the lookup.
+                if self.iov.len() == MAX_SEGMENTS {
+                    return Err(ChainError::TooManySegments);
+                }
+                self.iov.push(libc::iovec {
+                    iov_base: host.cast(),
+                    iov_len: len as usize,
+                });
+                self.gpa.push(addr);
+                self.len = total;
+                continue;
+            }
+            let mut gpa = addr;
+            for slice in view.mem().get_slices(desc.addr(), len as usize) {
                 // The memory error only restates the address and length.
                 let Ok(slice) = slice else {
                     return Err(ChainError::OutOfMemory { addr, len });
@@ -228,6 +320,10 @@ impl GuestIoVecs {
                     iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                     iov_len: slice.len(),
                 });
+                self.gpa.push(gpa);
+                // The slices cover the range in order; the range was
+                // checked against guest memory, so this cannot overflow.
+                gpa += slice.len() as u64;
             }
             self.len = total;
         }
@@ -284,6 +380,31 @@ impl GuestIoVecs {
         // place as long as the frame lives. No Rust reference points into
         // guest memory.
         unsafe { TxFrame::new(hdr, &mut self.iov[start..]) }
+    }
+
+    /// Marks in `log` the guest pages that hold bytes `start..start + len`
+    /// of the described memory: what the device wrote there (RX). Bytes
+    /// past the end are ignored.
+    pub fn mark_written(&self, log: &LogMap, start: usize, len: usize) {
+        debug_assert_eq!(
+            self.gpa.len(),
+            self.iov.len(),
+            "iovecs rewritten by tx_frame"
+        );
+        let (mut skip, mut left) = (start, len);
+        for (v, &gpa) in self.iov.iter().zip(&self.gpa) {
+            if left == 0 {
+                break;
+            }
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            let n = (v.iov_len - skip).min(left);
+            log.mark(gpa + skip as u64, n as u64);
+            left -= n;
+            skip = 0;
+        }
     }
 
     /// Copies up to `out.len()` bytes from the start of the described
@@ -361,6 +482,12 @@ impl ReadIoVecs {
     /// bytes, built from `mem`), then the overflow room. They borrow
     /// `guest` and `mem`, so neither can go away while an attachment
     /// writes into them.
+    ///
+    /// Guest buffers that follow each other in zcnet's mapping become one
+    /// iovec (a guest's mergeable RX buffers are often carved one after
+    /// the other from the same pages): the bytes described are the same,
+    /// in the same order, and the kernel imports fewer iovecs per read
+    /// (more than 8 cost it an allocation).
     pub fn buffers<'a>(
         &'a mut self,
         guest: &'a GuestIoVecs,
@@ -373,14 +500,23 @@ impl ReadIoVecs {
             "RX buffers from another guest-memory snapshot"
         );
         self.iov.clear();
-        self.iov.extend_from_slice(&guest.iov[..segments]);
+        for v in &guest.iov[..segments] {
+            match self.iov.last_mut() {
+                Some(last) if last.iov_base.wrapping_byte_add(last.iov_len) == v.iov_base => {
+                    last.iov_len += v.iov_len;
+                }
+                _ => self.iov.push(*v),
+            }
+        }
         self.iov.push(libc::iovec {
             iov_base: self.overflow.as_mut_ptr().cast(),
             iov_len: self.overflow.len(),
         });
         // SAFETY: the guest iovecs were built by `push_chain` from
         // device-writable descriptors, bounds-checked against `mem`, which
-        // the buffers borrow (the mapping stays in place); the guest does
+        // the buffers borrow (the mapping stays in place); a merged iovec
+        // is the union of two such ranges that touch, so it describes
+        // exactly their bytes and no others; the guest does
         // not touch a buffer it posted until the used ring returns it, and
         // no Rust reference points into guest memory. The last iovec is
         // `overflow`, owned by `self` and borrowed mutably for `'a`.
@@ -420,7 +556,7 @@ mod tests {
             .unwrap();
         let mut iov = GuestIoVecs::new();
         assert_eq!(
-            iov.push_chain(chain, &m, Direction::Readable, 0, 100, 16),
+            iov.push_chain(chain, &MemView::new(&m), Direction::Readable, 0, 100, 16),
             Ok(11)
         );
         let mut out = [0u8; 11];
@@ -440,7 +576,7 @@ mod tests {
             .unwrap();
         let mut iov = GuestIoVecs::new();
         let err = iov
-            .push_chain(chain, &m, Direction::Readable, 0, 100, 16)
+            .push_chain(chain, &MemView::new(&m), Direction::Readable, 0, 100, 16)
             .unwrap_err();
         assert!(matches!(err, ChainError::WrongDirection { .. }), "{err}");
         assert_eq!((iov.len(), iov.segments()), (0, 0), "left as it was");
@@ -453,7 +589,14 @@ mod tests {
         let chain = q.build_desc_chain(&[desc(0xff000, 0x2000, 0, 0)]).unwrap();
         let mut iov = GuestIoVecs::new();
         assert_eq!(
-            iov.push_chain(chain, &m, Direction::Readable, 0, 1 << 20, 16),
+            iov.push_chain(
+                chain,
+                &MemView::new(&m),
+                Direction::Readable,
+                0,
+                1 << 20,
+                16
+            ),
             Err(ChainError::OutOfMemory {
                 addr: 0xff000,
                 len: 0x2000
@@ -479,7 +622,14 @@ mod tests {
         let chain = queue.pop_descriptor_chain(&m).unwrap();
         let mut iov = GuestIoVecs::new();
         assert_eq!(
-            iov.push_chain(chain, &m, Direction::Readable, 0, 1 << 20, 16),
+            iov.push_chain(
+                chain,
+                &MemView::new(&m),
+                Direction::Readable,
+                0,
+                1 << 20,
+                16
+            ),
             Err(ChainError::Broken)
         );
     }
@@ -491,7 +641,7 @@ mod tests {
         let chain = q.build_desc_chain(&[desc(0x8000, 0x9000, 0, 0)]).unwrap();
         let mut iov = GuestIoVecs::new();
         assert!(matches!(
-            iov.push_chain(chain, &m, Direction::Readable, 0, 0x8000, 16),
+            iov.push_chain(chain, &MemView::new(&m), Direction::Readable, 0, 0x8000, 16),
             Err(ChainError::TooLong { .. })
         ));
     }
@@ -503,10 +653,100 @@ mod tests {
         let chain = q.build_desc_chain(&[desc(0x8000, 8, 0, 0)]).unwrap();
         let mut iov = GuestIoVecs::new();
         assert_eq!(
-            iov.push_chain(chain, &m, Direction::Readable, 12, 100, 16),
+            iov.push_chain(chain, &MemView::new(&m), Direction::Readable, 12, 100, 16),
             Err(ChainError::TooShort { len: 8, min: 12 })
         );
         assert_eq!(iov.segments(), 0);
+    }
+
+    /// Two regions back to back (guest 0..1 MiB and 1..2 MiB, mapped
+    /// apart in zcnet), as a guest with a hole-less split looks.
+    fn two_regions() -> Mem {
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10_0000),
+            (GuestAddress(0x10_0000), 0x10_0000),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn the_region_remembered_never_stretches_a_descriptor_past_it() {
+        let m = two_regions();
+        m.write_slice(b"abcd", GuestAddress(0xf_fffe)).unwrap();
+        m.write_slice(b"xyz", GuestAddress(0x10_8000)).unwrap();
+        let q = MockSplitQueue::new(&m, 16);
+        let view = MemView::new(&m);
+        // The first chain makes the view remember the low region; the
+        // second has a descriptor across the boundary and one in the high
+        // region, the third one past the end of memory.
+        // (Each chain is built just before it is used: the mock writes
+        // every chain from descriptor 0 on.)
+        let inside = q.build_desc_chain(&[desc(0x8000, 16, 0, 0)]).unwrap();
+        let mut iov = GuestIoVecs::new();
+        assert_eq!(
+            iov.push_chain(inside, &view, Direction::Readable, 0, 100, 16),
+            Ok(16)
+        );
+        iov.clear();
+        let across = q
+            .build_desc_chain(&[desc(0xf_fffe, 4, 0, 0), desc(0x10_8000, 3, 0, 0)])
+            .unwrap();
+        assert_eq!(
+            iov.push_chain(across, &view, Direction::Readable, 0, 100, 16),
+            Ok(7)
+        );
+        assert_eq!(
+            iov.segments(),
+            3,
+            "the boundary splits the first descriptor"
+        );
+        let mut out = [0u8; 7];
+        assert_eq!(iov.read_prefix(&mut out), 7);
+        assert_eq!(&out, b"abcdxyz");
+        iov.clear();
+        let outside = q.build_desc_chain(&[desc(0x1f_fff0, 0x20, 0, 0)]).unwrap();
+        assert_eq!(
+            iov.push_chain(outside, &view, Direction::Readable, 0, 100, 16),
+            Err(ChainError::OutOfMemory {
+                addr: 0x1f_fff0,
+                len: 0x20
+            }),
+            "the high region, remembered now, does not hide the end of memory"
+        );
+    }
+
+    #[test]
+    fn rx_buffers_that_touch_are_read_as_one_iovec() {
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 16);
+        let view = MemView::new(&m);
+        let mut iov = GuestIoVecs::new();
+        // Two buffers back to back, then one elsewhere, each its own chain.
+        for d in [
+            desc(0x8000, 0x800, VRING_DESC_F_WRITE, 0),
+            desc(0x8800, 0x800, VRING_DESC_F_WRITE, 0),
+            desc(0xa000, 0x100, VRING_DESC_F_WRITE, 0),
+        ] {
+            let chain = q.build_desc_chain(&[d]).unwrap();
+            iov.push_chain(chain, &view, Direction::Writable, 0, 1 << 20, 16)
+                .unwrap();
+        }
+        let mut read = ReadIoVecs::new(64);
+        let mut bufs = read.buffers(&iov, 3, 0x1100, &m);
+        let lens: Vec<usize> = bufs.iov().iter().map(|v| v.iov_len).collect();
+        assert_eq!(lens, [0x1000, 0x100, 64], "merged, apart, overflow room");
+        assert_eq!(bufs.guest_len(), 0x1100);
+        // Bytes land where the separate buffers were.
+        let bytes: Vec<u8> = (0..0x1100).map(|i| (i % 251) as u8).collect();
+        assert!(bufs.write_at(0, &bytes));
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0x8800)).unwrap(),
+            bytes[0x800]
+        );
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0xa000)).unwrap(),
+            bytes[0x1000]
+        );
     }
 
     #[test]
@@ -520,8 +760,15 @@ mod tests {
             ])
             .unwrap();
         let mut iov = GuestIoVecs::new();
-        iov.push_chain(chain, &m, Direction::Writable, 0, 1 << 20, 16)
-            .unwrap();
+        iov.push_chain(
+            chain,
+            &MemView::new(&m),
+            Direction::Writable,
+            0,
+            1 << 20,
+            16,
+        )
+        .unwrap();
         assert!(iov.write_at(10, &[0xaa, 0xbb]));
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x800a)).unwrap(), 0xaa);
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x9000)).unwrap(), 0xbb);

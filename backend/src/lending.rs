@@ -126,24 +126,33 @@ impl Lending {
         self.pending.len()
     }
 
-    /// How to send a frame of `len` bytes, and why it is copied when it
-    /// could have been lent.
-    /// Whether the next frame would be copied for the cap.
-    pub fn at_cap(&self, ring_size: u16) -> bool {
-        self.policy.mode != ZeroCopyMode::Off && self.pending.len() >= self.cap(ring_size)
+    /// Whether the next frame would be copied for the cap, with
+    /// `in_batch` frames of the batch being built already chosen to be
+    /// lent (they are lent, or not, when the batch has been sent).
+    pub fn at_cap(&self, ring_size: u16, in_batch: usize) -> bool {
+        self.policy.mode != ZeroCopyMode::Off
+            && self.pending.len() + in_batch >= self.cap(ring_size)
     }
 
     fn cap(&self, ring_size: u16) -> usize {
         self.policy.cap.min(usize::from(ring_size / 4).max(1))
     }
 
-    /// The cap is also at most a quarter of the ring (`ring_size`), so
-    /// the guest always has room to queue more frames.
-    pub fn choose(&mut self, len: usize, ring_size: u16) -> (SendMode, Option<CopyReason>) {
+    /// How to send a frame of `len` bytes, and why it is copied when it
+    /// could have been lent; `in_batch` frames of the batch being built
+    /// are already to be lent and count towards the cap. The cap is also
+    /// at most a quarter of the ring (`ring_size`), so the guest always
+    /// has room to queue more frames.
+    pub fn choose(
+        &mut self,
+        len: usize,
+        ring_size: u16,
+        in_batch: usize,
+    ) -> (SendMode, Option<CopyReason>) {
         if self.policy.mode == ZeroCopyMode::Off || len < self.policy.min_bytes {
             return (SendMode::Copy, None);
         }
-        if self.pending.len() >= self.cap(ring_size) {
+        if self.pending.len() + in_batch >= self.cap(ring_size) {
             return (SendMode::Copy, Some(CopyReason::Cap));
         }
         if self.policy.mode == ZeroCopyMode::Auto && self.backoff > 0 {
@@ -288,17 +297,17 @@ mod tests {
     #[test]
     fn cap_threshold_and_off_copy() {
         let mut l = engine(ZeroCopyMode::On, 2);
-        assert_eq!(l.choose(999, 1024), (SendMode::Copy, None));
-        assert_eq!(l.choose(1000, 1024), (SendMode::Lend, None));
+        assert_eq!(l.choose(999, 1024, 0), (SendMode::Copy, None));
+        assert_eq!(l.choose(1000, 1024, 0), (SendMode::Lend, None));
         l.lend(0, 0, 0);
         l.lend(1, 1, 1);
         assert_eq!(
-            l.choose(5000, 1024),
+            l.choose(5000, 1024, 0),
             (SendMode::Copy, Some(CopyReason::Cap))
         );
         assert_eq!(l.max_lent, 2);
         let mut off = engine(ZeroCopyMode::Off, 2);
-        assert_eq!(off.choose(60000, 1024), (SendMode::Copy, None));
+        assert_eq!(off.choose(60000, 1024, 0), (SendMode::Copy, None));
     }
 
     #[test]
@@ -306,7 +315,7 @@ mod tests {
         let mut l = engine(ZeroCopyMode::Auto, 1024);
         let mut done = Vec::new();
         for id in 0..COPIED_STREAK {
-            assert_eq!(l.choose(5000, 1024).0, SendMode::Lend);
+            assert_eq!(l.choose(5000, 1024, 0).0, SendMode::Lend);
             l.lend(id as u16, id, id);
             l.complete(
                 Completion {
@@ -320,11 +329,11 @@ mod tests {
         }
         for _ in 0..BACKOFF_FRAMES {
             assert_eq!(
-                l.choose(5000, 1024),
+                l.choose(5000, 1024, 0),
                 (SendMode::Copy, Some(CopyReason::Backoff))
             );
         }
-        assert_eq!(l.choose(5000, 1024).0, SendMode::Lend, "probes again");
+        assert_eq!(l.choose(5000, 1024, 0).0, SendMode::Lend, "probes again");
         // `on` never backs off.
         let mut on = engine(ZeroCopyMode::On, 1024);
         for id in 0..2 * COPIED_STREAK {
@@ -339,6 +348,6 @@ mod tests {
                 &mut done,
             );
         }
-        assert_eq!(on.choose(5000, 1024).0, SendMode::Lend);
+        assert_eq!(on.choose(5000, 1024, 0).0, SendMode::Lend);
     }
 }

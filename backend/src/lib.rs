@@ -16,6 +16,7 @@ mod datapath;
 #[cfg(test)]
 mod datapath_tests;
 mod device;
+mod dirty_log;
 mod exit_events;
 mod features;
 mod frontend_relay;
@@ -28,6 +29,7 @@ pub mod intercept;
 mod iovec;
 mod lending;
 mod metrics;
+mod migration;
 mod net_intercept;
 mod privileges;
 mod queue_pair;

@@ -1,6 +1,7 @@
 //! zcnet's own handling of frontend requests, ahead of vhost-user-backend's
 //! handler (see [`crate::intercept`]). It checks ring sizes and ring
-//! indices and answers GET/SET_INFLIGHT_FD (see `crate::inflight`);
+//! indices, answers GET/SET_INFLIGHT_FD (see `crate::inflight`), and hands
+//! live migration's requests to [`crate::migration`];
 //! everything else is forwarded.
 //!
 //! **SET_VRING_NUM.** A split ring's size is always a power of two (virtio
@@ -21,6 +22,13 @@
 //! other than 0 or 1, is refused here too: the relay acknowledges an early
 //! SET_VRING_ENABLE itself before the handler sees it, so it must not be
 //! one the handler would then reject.
+//!
+//! **SET_VRING_CALL.** The new call fd is signalled once as it arrives
+//! (see [`ring::signal_new_call`]); the handler then installs it.
+//!
+//! **Live migration.** SET_LOG_BASE and SEND_RARP are answered by
+//! [`crate::migration`], which also learns from SET_PROTOCOL_FEATURES and
+//! SET_VRING_ADDR (both still go on to the handler).
 
 use std::sync::Arc;
 
@@ -28,7 +36,9 @@ use vhost::vhost_user::message::FrontendReq;
 
 use crate::inflight::Session;
 use crate::intercept::{Intercept, Message, Verdict};
+use crate::migration::Migration;
 use crate::request_checks::RequestChecks;
+use crate::ring;
 
 /// What the device learns from requests the handler applies.
 pub trait DeviceEvents: Send + Sync {
@@ -55,6 +65,9 @@ pub struct NetIntercept {
     /// Answers GET/SET_INFLIGHT_FD; without it they go to the handler,
     /// which refuses them.
     inflight: Option<Arc<Session>>,
+    /// Live migration's requests (SET_LOG_BASE, SEND_RARP), when the
+    /// device supports it.
+    migration: Option<Migration>,
 }
 
 impl NetIntercept {
@@ -69,12 +82,20 @@ impl NetIntercept {
             device,
             checks: RequestChecks::new(queue_pairs, max_queue_size),
             inflight: None,
+            migration: None,
         }
     }
 
     /// Answers GET/SET_INFLIGHT_FD for `session`'s connection.
     pub fn with_inflight(mut self, session: Arc<Session>) -> NetIntercept {
         self.inflight = Some(session);
+        self
+    }
+
+    /// Hands SET_LOG_BASE and SEND_RARP to `migration`, and shows it the
+    /// requests it must learn from (see [`crate::migration`]).
+    pub fn with_migration(mut self, migration: Migration) -> NetIntercept {
+        self.migration = Some(migration);
         self
     }
 
@@ -135,20 +156,33 @@ impl Intercept for NetIntercept {
         if let Some(refusal) = self.checks.refusal(req) {
             return refusal;
         }
-        let verdict = match req.request() {
-            Some(FrontendReq::SET_VRING_NUM) => self.vring_num(req),
-            Some(FrontendReq::SET_VRING_ENABLE) => self.vring_enable(req),
-            Some(FrontendReq::GET_INFLIGHT_FD) => self
+        let verdict = match (req.request(), &self.migration) {
+            (Some(FrontendReq::SET_VRING_NUM), _) => self.vring_num(req),
+            (Some(FrontendReq::SET_VRING_ENABLE), _) => self.vring_enable(req),
+            (Some(FrontendReq::GET_INFLIGHT_FD), _) => self
                 .inflight
                 .as_ref()
                 .map_or(Verdict::Forward, |s| s.get_inflight_fd(req)),
-            Some(FrontendReq::SET_INFLIGHT_FD) => self
+            (Some(FrontendReq::SET_INFLIGHT_FD), _) => self
                 .inflight
                 .as_ref()
                 .map_or(Verdict::Forward, |s| s.set_inflight_fd(req)),
-            Some(FrontendReq::SET_PROTOCOL_FEATURES) => {
+            (Some(FrontendReq::SET_VRING_CALL), _) => {
+                ring::signal_new_call(req.fds().first());
+                Verdict::Forward
+            }
+            (Some(FrontendReq::SET_LOG_BASE), Some(m)) => m.set_log_base(req),
+            (Some(FrontendReq::SEND_RARP), Some(m)) => m.send_rarp(req),
+            (Some(FrontendReq::SET_VRING_ADDR), Some(m)) => {
+                m.vring_addr(req);
+                Verdict::Forward
+            }
+            (Some(FrontendReq::SET_PROTOCOL_FEATURES), m) => {
                 if let Some(s) = &self.inflight {
                     s.protocol_features(req);
+                }
+                if let Some(m) = m {
+                    m.protocol_features(req);
                 }
                 Verdict::Forward
             }

@@ -15,9 +15,11 @@ use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
 use virtio_queue::QueueT;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use zcnet_tap::{Attachment, Readiness};
+use zcnet_tap::vnet_hdr::VnetHdr;
+use zcnet_tap::{Attachment, Readiness, SendMode, Sent, TxFrame};
 
 use crate::datapath::{Ctx, QueueError, Vring};
+use crate::dirty_log::{DirtyLog, LogMap};
 use crate::features::Negotiated;
 use crate::guest_errors::GuestErrorLog;
 use crate::inflight::{Kind, Session};
@@ -92,6 +94,8 @@ pub struct QueuePair {
     drain: Duration,
     /// Where the pair's rings keep their in-flight records.
     inflight: Arc<Session>,
+    /// The connection's dirty logging (live migration).
+    dirty: Arc<DirtyLog>,
     state: Mutex<PairState>,
 }
 
@@ -112,6 +116,8 @@ impl QueuePair {
             sandbox_wake: EventFd::new(EFD_NONBLOCK)?,
             drain,
             inflight,
+            // Never logging until the device gives its own (set_dirty_log).
+            dirty: Arc::new(DirtyLog::new(0)),
             state: Mutex::new(PairState {
                 io: PairIo {
                     attachment: Some(attachment),
@@ -126,9 +132,16 @@ impl QueuePair {
         })
     }
 
+    /// The pair marks the guest pages it writes in `dirty`'s log while a
+    /// migration runs (the device's; a pair made alone logs nothing until
+    /// given one).
+    pub fn set_dirty_log(&mut self, dirty: Arc<DirtyLog>) {
+        self.dirty = dirty;
+    }
+
     /// The pair's view of its resources for one event; `None` once the
     /// attachment was handed back.
-    fn ctx<'a>(&'a self, io: &'a mut PairIo) -> Option<Ctx<'a>> {
+    fn ctx<'a>(&'a self, io: &'a mut PairIo, dirty: Option<&'a LogMap>) -> Option<Ctx<'a>> {
         Some(Ctx {
             pair: self.index,
             attachment: io.attachment.as_deref_mut()?,
@@ -136,7 +149,73 @@ impl QueuePair {
             features: io.features,
             guest_log: &mut io.guest_log,
             host_log: &mut io.host_log,
+            dirty,
         })
+    }
+
+    /// The dirty log for one event, if a migration logs writes, handed to
+    /// both rings (one atomic load when none does).
+    fn begin_logging(&self, st: &mut PairState) -> Option<Arc<LogMap>> {
+        let map = self.dirty.batch();
+        if let Some(m) = &map {
+            st.rx.ring.set_log(Some(self.dirty.used(m, 2 * self.index)));
+            st.tx
+                .ring
+                .set_log(Some(self.dirty.used(m, 2 * self.index + 1)));
+        }
+        map
+    }
+
+    /// Ends what [`begin_logging`](Self::begin_logging) started: the rings
+    /// let go of the log, so a replaced one is unmapped once every event
+    /// that marked it is over.
+    fn end_logging(st: &mut PairState, map: Option<Arc<LogMap>>) {
+        if map.is_some() {
+            st.rx.ring.set_log(None);
+            st.tx.ring.set_log(None);
+        }
+    }
+
+    /// Returns once the event the pair's worker is handling, if any, has
+    /// ended: every later event sees the dirty log as it is now.
+    pub fn quiesce(&self) {
+        drop(self.lock());
+    }
+
+    /// Sends `frame` (a whole Ethernet frame in zcnet's memory, no
+    /// virtio-net header) through the pair's attachment, copied, under the
+    /// pair's lock so it does not interleave with the worker's sends.
+    pub fn send_own_frame(&self, frame: &[u8]) -> io::Result<()> {
+        let mut st = self.lock();
+        let Some(attachment) = st.io.attachment.as_mut() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the queue pair has handed its attachment back",
+            ));
+        };
+        let mut iov = [
+            libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            },
+        ];
+        // SAFETY: `iov[1]` describes `frame`, memory of zcnet's own that
+        // the borrow of `frame` keeps alive and readable for as long as
+        // `tx` lives (to the end of this function); nothing writes it.
+        // `iov[0]` is the spare slot the attachment may fill.
+        let mut tx = unsafe { TxFrame::new(VnetHdr::default(), &mut iov) };
+        match attachment.send(&mut tx, SendMode::Copy)? {
+            Sent::Copied => Ok(()),
+            // A copy was asked for; an attachment that lends anyway would
+            // read `frame` after it is gone.
+            Sent::Lent { .. } => Err(io::Error::other(
+                "the attachment lent a frame it was asked to copy",
+            )),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, PairState> {
@@ -247,7 +326,21 @@ impl QueuePair {
             st.tx_vring = Some(tx_vring.clone());
         }
         self.start_rings(st, rx_vring, tx_vring, mem);
-        let Some(mut ctx) = self.ctx(&mut st.io) else {
+        let dirty = self.begin_logging(st);
+        self.handle_logged(event, rx_vring, tx_vring, mem, st, dirty.as_deref());
+        Self::end_logging(st, dirty);
+    }
+
+    fn handle_logged(
+        &self,
+        event: PairEvent,
+        rx_vring: &Vring,
+        tx_vring: &Vring,
+        mem: &Mem,
+        st: &mut PairState,
+        dirty: Option<&LogMap>,
+    ) {
+        let Some(mut ctx) = self.ctx(&mut st.io, dirty) else {
             return;
         };
         let (mut run_rx, mut run_tx, mut reap) = (false, false, false);
@@ -342,6 +435,12 @@ impl QueuePair {
     pub fn stop_queue(&self, queue: u32) {
         let mut guard = self.lock();
         let st = &mut *guard;
+        let dirty = self.begin_logging(st);
+        self.stop_logged(queue, st, dirty.as_deref());
+        Self::end_logging(st, dirty);
+    }
+
+    fn stop_logged(&self, queue: u32, st: &mut PairState, dirty: Option<&LogMap>) {
         if queue.is_multiple_of(2) {
             st.rx.ring.restart();
             if st.rx.drop_held() {
@@ -361,7 +460,7 @@ impl QueuePair {
                 self.drain
             );
         }
-        if let (Some(vring), Some(mut ctx)) = (st.tx_vring.clone(), self.ctx(&mut st.io)) {
+        if let (Some(vring), Some(mut ctx)) = (st.tx_vring.clone(), self.ctx(&mut st.io, dirty)) {
             let mut vs = vring.get_mut();
             let mut used = false;
             loop {

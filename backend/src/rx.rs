@@ -34,7 +34,7 @@ use virtio_queue::QueueT;
 use zcnet_tap::vnet_hdr::{HDR_LEN_V1, MAX_FRAME_LEN, MAX_NON_GSO_FRAME_LEN, NUM_BUFFERS_OFFSET};
 
 use crate::datapath::{Ctx, QueueError, VState, Vring};
-use crate::iovec::{Direction, GuestIoVecs, Mem, ReadIoVecs};
+use crate::iovec::{Direction, GuestIoVecs, Mem, MemView, ReadIoVecs};
 use crate::ring::RingState;
 
 /// Frames read per event before other work of the pair gets a turn.
@@ -143,7 +143,7 @@ pub fn process(
     st.iov.clear();
     st.chains.clear();
     let mut stats = Stats::default();
-    let result = read_frames(ctx, st, &mut vs, mem, &mut stats);
+    let result = read_frames(ctx, st, &mut vs, &MemView::new(mem), &mut stats);
     st.ring.unpop(&mut vs, st.chains.iter().map(|g| g.head));
     st.iov.clear();
     st.chains.clear();
@@ -174,7 +174,7 @@ fn read_frames(
     ctx: &mut Ctx<'_>,
     st: &mut RxState,
     vs: &mut VState,
-    mem: &Mem,
+    view: &MemView<'_>,
     stats: &mut Stats,
 ) -> Result<RxStop, QueueError> {
     let hdr_len = ctx.hdr_len();
@@ -187,7 +187,7 @@ fn read_frames(
         };
     for _ in 0..BUDGET {
         let want = st.held.as_ref().map_or(largest, |h| h.len);
-        if let Gather::Starved = gather(ctx, st, vs, mem, stats, want)? {
+        if let Gather::Starved = gather(ctx, st, vs, view, stats, want)? {
             st.starved = true;
             return Ok(RxStop::Idle);
         }
@@ -198,7 +198,7 @@ fn read_frames(
                 // chain is popped (so the avail event lands past them),
                 // and wait for more buffers.
                 if vs.get_queue().event_idx_enabled()
-                    && vs.get_queue_mut().enable_notification(mem)?
+                    && st.ring.enable_notification(vs, view.mem())?
                 {
                     continue; // buffers arrived meanwhile
                 }
@@ -215,7 +215,7 @@ fn read_frames(
         } else {
             (st.chains[0].segments, st.chains[0].capacity)
         };
-        let mut bufs = st.read_iov.buffers(&st.iov, segments, capacity, mem);
+        let mut bufs = st.read_iov.buffers(&st.iov, segments, capacity, view.mem());
         let n = match ctx.attachment.recv(&mut bufs) {
             Ok(n) => n,
             Err(e) => {
@@ -229,7 +229,15 @@ fn read_frames(
         };
         if n <= capacity {
             deliver(ctx, st, vs, n, stats)?;
-        } else if mergeable && n < capacity + OVERFLOW_LEN && n <= largest {
+            continue;
+        }
+        // The read filled the guest's buffers (and went on into the
+        // overflow room): whatever becomes of the frame, those bytes of
+        // guest memory changed.
+        if let Some(log) = ctx.dirty {
+            st.iov.mark_written(log, 0, capacity);
+        }
+        if mergeable && n < capacity + OVERFLOW_LEN && n <= largest {
             // Larger than what the guest posted so far: hold it until
             // the guest posts more (see the module documentation).
             st.held_chains.clear();
@@ -263,7 +271,7 @@ fn gather(
     ctx: &mut Ctx<'_>,
     st: &mut RxState,
     vs: &mut VState,
-    mem: &Mem,
+    view: &MemView<'_>,
     stats: &mut Stats,
     want: usize,
 ) -> Result<Gather, QueueError> {
@@ -273,14 +281,14 @@ fn gather(
     let queue_size = usize::from(vs.get_queue().size());
     loop {
         while st.chains.is_empty() || (mergeable && st.iov.len() < want) {
-            let Some(chain) = st.ring.pop(vs, mem)? else {
+            let Some(chain) = st.ring.pop(vs, view.mem())? else {
                 break;
             };
             let head = chain.head_index();
             let before = st.iov.segments();
             match st.iov.push_chain(
                 chain,
-                mem,
+                view,
                 Direction::Writable,
                 hdr_len,
                 MAX_CHAIN_LEN,
@@ -311,7 +319,7 @@ fn gather(
         }
         // Nothing posted: ask for a kick while every posted chain is
         // popped, so the avail event lands past them.
-        if event_idx && vs.get_queue_mut().enable_notification(mem)? {
+        if event_idx && st.ring.enable_notification(vs, view.mem())? {
             continue; // buffers arrived meanwhile
         }
         return Ok(Gather::Starved);
@@ -342,6 +350,11 @@ fn deliver(
     if ctx.hdr_len() == HDR_LEN_V1 {
         st.iov
             .write_at(NUM_BUFFERS_OFFSET, &(filled as u16).to_le_bytes());
+    }
+    // Everything written into the frame's buffers (the read, a held
+    // frame's tail, `num_buffers`), marked before the used ring shows it.
+    if let Some(log) = ctx.dirty {
+        st.iov.mark_written(log, 0, n);
     }
     let mut remaining = n;
     for g in &st.chains[..filled] {

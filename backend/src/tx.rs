@@ -1,5 +1,10 @@
 //! Guest-to-host: descriptor chains from the TX queue, sent through the
-//! queue pair's attachment straight from guest memory.
+//! queue pair's attachment straight from guest memory, in batches of up to
+//! [`MAX_BATCH`] chains (the tap's `uring` engine writes a batch with one
+//! `io_uring_enter`; its `syscall` engine, and the socket attachments, one
+//! system call per frame). Every chain of a batch stays popped until the
+//! attachment has returned: the guest-memory snapshot and the frames'
+//! iovecs are borrowed for the whole call, so no write can outlive them.
 //!
 //! A chain's completion may be immediate (the attachment copied the frame,
 //! as the tap always does) or deferred (the kernel holds the guest's pages
@@ -14,23 +19,28 @@
 
 use std::io;
 
+use arrayvec::ArrayVec;
 use log::debug;
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use zcnet_tap::vnet_hdr::{VnetHdr, MAX_FRAME_LEN, MIN_FRAME_LEN};
-use zcnet_tap::{Completion, SendMode, Sent};
+use zcnet_tap::{Completion, SendMode, Sent, TxFrame, MAX_BATCH};
 
 use crate::datapath::{Ctx, QueueError, VState, Vring};
-use crate::iovec::{Direction, GuestIoVecs, Mem};
-use crate::lending::{LendPolicy, Lending};
+use crate::iovec::{Direction, GuestIoVecs, Mem, MemView};
+use crate::lending::{CopyReason, LendPolicy, Lending};
 use crate::ring::RingState;
-
-/// Chains handled between two looks at whether the guest wants a call.
-const SIGNAL_BATCH: usize = 64;
 
 /// Per-connection TX state of one queue pair.
 pub struct TxState {
-    iov: GuestIoVecs,
+    /// The iovecs of each chain of a batch (chain `i` in `iovs[i]`),
+    /// reused from batch to batch.
+    iovs: Vec<GuestIoVecs>,
+    /// The chains of the batch being sent, in ring order.
+    batch: Vec<Popped>,
+    /// What the attachment made of each frame of the batch.
+    modes: Vec<SendMode>,
+    results: Vec<io::Result<Sent>>,
     /// The attachment said EAGAIN: wait for it to be writable.
     pub blocked: bool,
     /// Chains the kernel still holds pages of.
@@ -44,7 +54,10 @@ pub struct TxState {
 impl TxState {
     pub fn new(policy: LendPolicy) -> Self {
         TxState {
-            iov: GuestIoVecs::default(),
+            iovs: (0..MAX_BATCH).map(|_| GuestIoVecs::new()).collect(),
+            batch: Vec::with_capacity(MAX_BATCH),
+            modes: Vec::with_capacity(MAX_BATCH),
+            results: Vec::with_capacity(MAX_BATCH),
             blocked: false,
             lending: Lending::new(policy),
             completions: Vec::new(),
@@ -54,19 +67,30 @@ impl TxState {
     }
 }
 
-/// What happened to one chain.
-enum Outcome {
-    Done {
-        bytes: usize,
-    },
-    Lent {
-        first_id: u32,
-        last_id: u32,
-        bytes: usize,
-    },
-    Malformed,
-    Dropped,
-    WouldBlock,
+/// A chain popped for the batch being built.
+struct Popped {
+    head: u16,
+    /// The frame to send; `None` for a malformed chain.
+    frame: Option<Frame>,
+}
+
+/// A valid chain's frame, checked before the batch is sent.
+struct Frame {
+    hdr: VnetHdr,
+    /// Bytes after the virtio-net header.
+    len: usize,
+    mode: SendMode,
+    /// Why it is copied although it could have been lent.
+    reason: Option<CopyReason>,
+}
+
+/// What one drain moved.
+#[derive(Default)]
+struct Stats {
+    frames: u64,
+    bytes: u64,
+    /// Chains went to the used ring since the guest was last notified.
+    used: bool,
 }
 
 /// Puts on the used ring every lent chain the kernel's notifications
@@ -108,6 +132,16 @@ pub fn complete(ctx: &mut Ctx<'_>, st: &mut TxState, vring: &Vring) -> Result<()
 }
 
 /// Drains the TX queue until it is empty or the attachment is full.
+///
+/// Chains go in batches of up to [`MAX_BATCH`]: popped and checked, then
+/// handed to the attachment at once (the tap's io_uring engine writes a
+/// batch with one system call), then returned in ring order. A chain
+/// reaches the used ring only after its frame was sent or refused (or,
+/// lent, when the kernel releases its pages). Frames the attachment could
+/// not take (EAGAIN) are the batch's tail: those chains go back to the
+/// avail ring in order, and the queue waits for the attachment to become
+/// writable. After each full batch the guest is told (if it asked), so it
+/// refills the ring while zcnet still works on it.
 pub fn process(
     ctx: &mut Ctx<'_>,
     st: &mut TxState,
@@ -119,171 +153,252 @@ pub fn process(
         return Ok(());
     }
     st.blocked = false;
-    let event_idx = vs.get_queue().event_idx_enabled();
-    let ring_size = vs.get_queue().size();
-    let (mut frames, mut bytes) = (0u64, 0u64);
-    let mut used = reap(ctx, st, &mut vs)?;
-    let mut batch = 0usize;
-    let mut failure = None;
-    'drain: loop {
-        if event_idx {
-            vs.get_queue_mut().disable_notification(mem)?;
-        }
-        loop {
-            let chain = match st.ring.pop(&mut vs, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(e) => {
-                    failure = Some(e);
-                    break 'drain;
-                }
-            };
-            let head = chain.head_index();
-            if st.lending.at_cap(ring_size) {
-                // Take in what the kernel has released before copying
-                // for the cap.
-                used |= reap(ctx, st, &mut vs)?;
-            }
-            st.iov.clear();
-            let outcome = match st.iov.push_chain(
-                chain,
-                mem,
-                Direction::Readable,
-                ctx.hdr_len() + MIN_FRAME_LEN,
-                ctx.hdr_len() + MAX_FRAME_LEN,
-                usize::from(ring_size),
-            ) {
-                Ok(_) => send(ctx, &mut st.lending, ring_size, &mut st.iov, mem),
-                Err(e) => {
-                    ctx.guest_error(format_args!("TX chain {head}: {e}"));
-                    Outcome::Malformed
-                }
-            };
-            match outcome {
-                Outcome::Done { bytes: n } => {
-                    frames += 1;
-                    bytes += n as u64;
-                    st.ring.add_used(&mut vs, head, 0)?;
-                    used = true;
-                }
-                Outcome::Lent {
-                    first_id,
-                    last_id,
-                    bytes: n,
-                } => {
-                    // Not on the used ring until the kernel releases the
-                    // pages: see `reap`.
-                    frames += 1;
-                    bytes += n as u64;
-                    ctx.metrics.zc_sends.inc();
-                    st.lending.lend(head, first_id, last_id);
-                }
-                Outcome::Malformed => {
-                    ctx.metrics.malformed_chains.inc();
-                    st.ring.add_used(&mut vs, head, 0)?;
-                    used = true;
-                }
-                Outcome::Dropped => {
-                    ctx.metrics.tx_dropped.inc();
-                    st.ring.add_used(&mut vs, head, 0)?;
-                    used = true;
-                }
-                Outcome::WouldBlock => {
-                    // Give the chain back to the avail ring: it is sent
-                    // when the attachment reports it is writable again.
-                    st.ring.unpop(&mut vs, [head].into_iter());
-                    st.blocked = true;
-                    break 'drain;
-                }
-            }
-            batch += 1;
-            if batch == SIGNAL_BATCH {
-                // A long drain tells the guest partway (if it asked), so
-                // it refills the ring while zcnet still works on it, and
-                // takes in completions of lent chains.
-                batch = 0;
-                // The counters too: a guest that keeps the ring full keeps
-                // this loop going for as long as it sends.
-                ctx.metrics.tx_frames.inc_by(std::mem::take(&mut frames));
-                ctx.metrics.tx_bytes.inc_by(std::mem::take(&mut bytes));
-                used |= reap(ctx, st, &mut vs)?;
-                if used {
-                    st.ring.notify(&mut vs)?;
-                    used = false;
-                }
-            }
-        }
-        if !event_idx || !vs.get_queue_mut().enable_notification(mem)? {
-            break;
-        }
+    let view = MemView::new(mem);
+    let mut stats = Stats {
+        used: reap(ctx, st, &mut vs)?,
+        ..Stats::default()
+    };
+    let result = drain(ctx, st, &mut vs, &view, &mut stats);
+    for iov in &mut st.iovs {
+        iov.clear();
     }
-    st.iov.clear();
     // Notifications that arrived during the drain, or that an attachment
     // read while a send failed (a refused lent send may have taken an id;
     // see `udp.rs`), are taken in now: nothing else may wake the worker
     // for them. Without lending this costs nothing (see `reap`).
-    used |= reap(ctx, st, &mut vs)?;
+    stats.used |= reap(ctx, st, &mut vs)?;
     ctx.metrics.lent_chains.set(st.lending.lent() as i64);
     ctx.metrics.lent_chains_max.set(st.lending.max_lent as i64);
-    ctx.metrics.tx_frames.inc_by(frames);
-    ctx.metrics.tx_bytes.inc_by(bytes);
-    if used {
+    ctx.metrics.tx_frames.inc_by(stats.frames);
+    ctx.metrics.tx_bytes.inc_by(stats.bytes);
+    if stats.used {
         st.ring.notify(&mut vs)?;
     }
-    failure.map_or(Ok(()), Err)
+    result
 }
 
-fn send(
+/// The drain loop: notifications off (EVENT_IDX: the avail event stays
+/// behind; without it: `VRING_USED_F_NO_NOTIFY`), batches until the ring
+/// is empty, notifications on, and again if chains arrived meanwhile.
+fn drain(
     ctx: &mut Ctx<'_>,
-    lending: &mut Lending,
-    ring_size: u16,
-    iov: &mut GuestIoVecs,
-    mem: &Mem,
-) -> Outcome {
-    let hdr_len = ctx.hdr_len();
-    let frame_len = iov.len() - hdr_len;
-    let mut raw = [0u8; VnetHdr::FIELDS_LEN];
-    iov.read_prefix(&mut raw);
-    // The header is checked (and normalised) from this copy; the guest
-    // cannot change what zcnet hands on after the check.
-    let hdr = match VnetHdr::parse(&raw).validate(frame_len, &ctx.features.tx_offloads()) {
-        Ok(h) => h,
-        Err(e) => {
-            ctx.guest_error(format_args!("TX header: {e}"));
-            return Outcome::Malformed;
-        }
-    };
-    let (mode, reason) = if ctx.attachment.can_lend() {
-        lending.choose(frame_len, ring_size)
-    } else {
-        (SendMode::Copy, None)
-    };
-    let mut frame = iov.tx_frame(mem, hdr_len, hdr);
-    // With SendMode::Lend the kernel reads the guest's pages after this
-    // call returns. The guest can rewrite the buffer meanwhile (it owns
-    // it); that corrupts only its own frame on the wire: the header was
-    // validated from a copy above and the kernel parses what it sends
-    // again, so no host state depends on those bytes.
-    match ctx.attachment.send(&mut frame, mode) {
-        Ok(Sent::Copied) => {
-            if reason.is_some() || mode == SendMode::Lend {
-                ctx.metrics.zc_copy_fallbacks.inc();
+    st: &mut TxState,
+    vs: &mut VState,
+    view: &MemView<'_>,
+    stats: &mut Stats,
+) -> Result<(), QueueError> {
+    loop {
+        st.ring.disable_notification(vs, view.mem())?;
+        loop {
+            let broken = collect(ctx, st, vs, view, stats)?;
+            let full = st.batch.len() == MAX_BATCH;
+            if !st.batch.is_empty() {
+                send(ctx, st, vs, view.mem(), stats)?;
             }
-            Outcome::Done { bytes: frame_len }
+            if let Some(e) = broken {
+                return Err(e);
+            }
+            if st.blocked {
+                return Ok(());
+            }
+            if !full {
+                break;
+            }
+            // A long drain tells the guest partway (if it asked), and takes
+            // in completions of lent chains. The counters too: a guest that
+            // keeps the ring full keeps this loop going as long as it sends.
+            ctx.metrics
+                .tx_frames
+                .inc_by(std::mem::take(&mut stats.frames));
+            ctx.metrics
+                .tx_bytes
+                .inc_by(std::mem::take(&mut stats.bytes));
+            stats.used |= reap(ctx, st, vs)?;
+            if stats.used {
+                st.ring.notify(vs)?;
+                stats.used = false;
+            }
         }
-        Ok(Sent::Lent { first_id, last_id }) => Outcome::Lent {
-            first_id,
-            last_id,
-            bytes: frame_len,
-        },
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Outcome::WouldBlock,
-        Err(e) => {
-            // The header zcnet wrote is one the host accepts, so a refusal
-            // is the host's (tap down, peer gone, a frame the kernel will
-            // not take), not the guest's: counted as a drop.
-            debug!("queue pair {}: TX frame dropped: {e}", ctx.pair);
-            ctx.host_error(format_args!("TX frame dropped: {e}"));
-            Outcome::Dropped
+        if !st.ring.enable_notification(vs, view.mem())? {
+            return Ok(());
         }
     }
+}
+
+/// Pops up to [`MAX_BATCH`] chains into `st.batch`, each checked: its
+/// iovecs in `st.iovs`, its header validated. Returns the error of a
+/// broken ring, met after the chains popped before it (which still go).
+fn collect(
+    ctx: &mut Ctx<'_>,
+    st: &mut TxState,
+    vs: &mut VState,
+    view: &MemView<'_>,
+    stats: &mut Stats,
+) -> Result<Option<QueueError>, QueueError> {
+    let ring_size = vs.get_queue().size();
+    let hdr_len = ctx.hdr_len();
+    let can_lend = ctx.attachment.can_lend();
+    let mut to_lend = 0;
+    st.batch.clear();
+    while st.batch.len() < MAX_BATCH {
+        let chain = match st.ring.pop(vs, view.mem()) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => break,
+            Err(e) => return Ok(Some(e)),
+        };
+        let head = chain.head_index();
+        if can_lend && st.lending.at_cap(ring_size, to_lend) {
+            // Take in what the kernel has released before copying for
+            // the cap.
+            stats.used |= reap(ctx, st, vs)?;
+        }
+        let iov = &mut st.iovs[st.batch.len()];
+        iov.clear();
+        let frame = match iov.push_chain(
+            chain,
+            view,
+            Direction::Readable,
+            hdr_len + MIN_FRAME_LEN,
+            hdr_len + MAX_FRAME_LEN,
+            usize::from(ring_size),
+        ) {
+            Ok(_) => check(ctx, iov),
+            Err(e) => {
+                ctx.guest_error(format_args!("TX chain {head}: {e}"));
+                None
+            }
+        };
+        let frame = frame.map(|(hdr, len)| {
+            let (mode, reason) = if can_lend {
+                st.lending.choose(len, ring_size, to_lend)
+            } else {
+                (SendMode::Copy, None)
+            };
+            if mode == SendMode::Lend {
+                to_lend += 1;
+            }
+            Frame {
+                hdr,
+                len,
+                mode,
+                reason,
+            }
+        });
+        st.batch.push(Popped { head, frame });
+    }
+    Ok(None)
+}
+
+/// The chain's virtio-net header, checked (and normalised) from a copy
+/// (the guest cannot change what zcnet hands on after the check), and the
+/// frame's length after it; `None` if the header is not one the guest
+/// may send.
+fn check(ctx: &mut Ctx<'_>, iov: &GuestIoVecs) -> Option<(VnetHdr, usize)> {
+    let frame_len = iov.len() - ctx.hdr_len();
+    let mut raw = [0u8; VnetHdr::FIELDS_LEN];
+    iov.read_prefix(&mut raw);
+    match VnetHdr::parse(&raw).validate(frame_len, &ctx.features.tx_offloads()) {
+        Ok(hdr) => Some((hdr, frame_len)),
+        Err(e) => {
+            ctx.guest_error(format_args!("TX header: {e}"));
+            None
+        }
+    }
+}
+
+/// Hands the batch's frames to the attachment at once, then returns the
+/// chains in ring order: sent, lent, refused or malformed. From the first
+/// frame the attachment could not take, the chains go back to the avail
+/// ring and the queue is blocked.
+fn send(
+    ctx: &mut Ctx<'_>,
+    st: &mut TxState,
+    vs: &mut VState,
+    mem: &Mem,
+    stats: &mut Stats,
+) -> Result<(), QueueError> {
+    let hdr_len = ctx.hdr_len();
+    let TxState {
+        iovs,
+        batch,
+        modes,
+        results,
+        ..
+    } = st;
+    // The frames borrow their chains' iovecs and the memory snapshot, so
+    // neither can go away while the attachment holds them; they live on
+    // this stack until the attachment returns.
+    //
+    // A lent frame is read by the kernel after the call returns. The
+    // guest can rewrite the buffer meanwhile (it owns it); that corrupts
+    // only its own frame on the wire: the header was validated from a
+    // copy and the kernel parses what it sends again, so no host state
+    // depends on those bytes.
+    let mut frames: ArrayVec<TxFrame<'_>, MAX_BATCH> = ArrayVec::new();
+    modes.clear();
+    for (p, iov) in batch.iter().zip(iovs.iter_mut()) {
+        if let Some(f) = &p.frame {
+            modes.push(f.mode);
+            frames.push(iov.tx_frame(mem, hdr_len, f.hdr));
+        }
+    }
+    let count = frames.len();
+    results.clear();
+    results.resize_with(count, || Ok(Sent::Copied));
+    let taken = if count == 0 {
+        0
+    } else {
+        ctx.attachment.send_batch(&mut frames, modes, results)
+    };
+    drop(frames);
+
+    let mut next = 0;
+    for (i, p) in st.batch.iter().enumerate() {
+        let Some(f) = &p.frame else {
+            ctx.metrics.malformed_chains.inc();
+            st.ring.add_used(vs, p.head, 0)?;
+            stats.used = true;
+            continue;
+        };
+        if next == taken {
+            // Give this chain and every later one back to the avail ring:
+            // they are sent when the attachment is writable again.
+            st.ring.unpop(vs, st.batch[i..].iter().map(|p| p.head));
+            st.blocked = true;
+            break;
+        }
+        let result = std::mem::replace(&mut st.results[next], Ok(Sent::Copied));
+        next += 1;
+        match result {
+            Ok(Sent::Copied) => {
+                if f.reason.is_some() || f.mode == SendMode::Lend {
+                    ctx.metrics.zc_copy_fallbacks.inc();
+                }
+                stats.frames += 1;
+                stats.bytes += f.len as u64;
+                st.ring.add_used(vs, p.head, 0)?;
+                stats.used = true;
+            }
+            Ok(Sent::Lent { first_id, last_id }) => {
+                // Not on the used ring until the kernel releases the
+                // pages: see `reap`.
+                stats.frames += 1;
+                stats.bytes += f.len as u64;
+                ctx.metrics.zc_sends.inc();
+                st.lending.lend(p.head, first_id, last_id);
+            }
+            Err(e) => {
+                // The header zcnet wrote is one the host accepts, so a
+                // refusal is the host's (tap down, peer gone, a frame the
+                // kernel will not take), not the guest's: counted as a
+                // drop.
+                debug!("queue pair {}: TX frame dropped: {e}", ctx.pair);
+                ctx.host_error(format_args!("TX frame dropped: {e}"));
+                ctx.metrics.tx_dropped.inc();
+                st.ring.add_used(vs, p.head, 0)?;
+                stats.used = true;
+            }
+        }
+    }
+    Ok(())
 }

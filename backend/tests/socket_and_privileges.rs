@@ -304,6 +304,7 @@ fn an_unprivileged_zcnet_serves_a_tap_made_for_its_user() {
     let launch = Launch {
         socket: Some(dir.path().join("zc.sock")),
         wrapper,
+        ..Launch::default()
     };
     let mut d = Daemon::start_with(&zcnet(), &ns, &launch, &["--tap", TAP]);
     for status in thread_status(d.pid()) {

@@ -1,6 +1,9 @@
 //! The datapath through a real tap: frames from the fake guest come out of
-//! the tap byte for byte, frames sent into the tap land in the guest's
-//! buffers with the right header, on one queue pair and on two.
+//! the tap byte for byte and in order, frames sent into the tap land in the
+//! guest's buffers with the right header, on one queue pair and on two; a
+//! tap that is down costs frames, never chains. Every test runs once per
+//! TX I/O engine: `NAME::uring` (batches of linked io_uring writes) and
+//! `NAME::syscall` (one writev per frame).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -17,9 +20,33 @@ fn zcnet() -> ZcnetBin {
 
 const WAIT: Duration = Duration::from_secs(20);
 
-#[test]
-fn tx_frames_come_out_of_the_tap_byte_for_byte() {
-    let s = Setup::new(&zcnet(), &[]);
+/// A test run once per `--io-engine`: the body sees the engine's name as
+/// `$engine`, and passes it to zcnet.
+macro_rules! engine_test {
+    ($(#[$meta:meta])* fn $name:ident($engine:ident) $body:block) => {
+        mod $name {
+            use super::*;
+
+            $(#[$meta])*
+            #[test]
+            fn uring() {
+                let $engine = "uring";
+                $body
+            }
+
+            $(#[$meta])*
+            #[test]
+            fn syscall() {
+                let $engine = "syscall";
+                $body
+            }
+        }
+    };
+}
+
+engine_test! {
+fn tx_frames_come_out_of_the_tap_byte_for_byte(engine) {
+    let s = Setup::new(&zcnet(), &["--io-engine", engine]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
 
@@ -76,10 +103,11 @@ fn tx_frames_come_out_of_the_tap_byte_for_byte() {
     assert_eq!(Daemon::metric(&m, "zcnet_tx_dropped_total", 0), 0);
     assert!(g.tx(0).take_used().is_empty(), "no chain returned twice");
 }
+}
 
-#[test]
-fn rx_frames_land_in_guest_buffers_with_a_header() {
-    let s = Setup::new(&zcnet(), &[]);
+engine_test! {
+fn rx_frames_land_in_guest_buffers_with_a_header(engine) {
+    let s = Setup::new(&zcnet(), &["--io-engine", engine]);
     let host = PacketSock::open(&s.ns, TAP, false);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
     // Room for the largest (64 KiB GSO) frame: zcnet waits for that much.
@@ -116,10 +144,11 @@ fn rx_frames_land_in_guest_buffers_with_a_header() {
         (60 + 1514) as u64
     );
 }
+}
 
-#[test]
-fn rx_gso_frame_spans_mergeable_buffers() {
-    let s = Setup::new(&zcnet(), &[]);
+engine_test! {
+fn rx_gso_frame_spans_mergeable_buffers(engine) {
+    let s = Setup::new(&zcnet(), &["--io-engine", engine]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
     const BUF: usize = 4096;
@@ -157,10 +186,11 @@ fn rx_gso_frame_spans_mergeable_buffers() {
     assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 1448, "MSS");
     assert_eq!(&bytes[HDR_LEN..], &frame[..], "frame bytes");
 }
+}
 
-#[test]
-fn rx_gso_frame_waits_for_room_and_is_never_delivered_cut() {
-    let s = Setup::new(&zcnet(), &[]);
+engine_test! {
+fn rx_gso_frame_waits_for_room_and_is_never_delivered_cut(engine) {
+    let s = Setup::new(&zcnet(), &["--io-engine", engine]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
     const BUF: usize = 4096;
@@ -188,10 +218,11 @@ fn rx_gso_frame_waits_for_room_and_is_never_delivered_cut() {
     assert_eq!(Daemon::metric(&m, "zcnet_rx_frames_total", 0), 1);
     assert_eq!(Daemon::metric(&m, "zcnet_rx_dropped_total", 0), 0);
 }
+}
 
-#[test]
-fn two_queue_pairs_carry_traffic_at_once() {
-    let s = Setup::new(&zcnet(), &["--queue-pairs", "2"]);
+engine_test! {
+fn two_queue_pairs_carry_traffic_at_once(engine) {
+    let s = Setup::new(&zcnet(), &["--queue-pairs", "2", "--io-engine", engine]);
     let host = PacketSock::open(&s.ns, TAP, true);
     let opts = GuestOpts {
         pairs: 2,
@@ -255,6 +286,7 @@ fn two_queue_pairs_carry_traffic_at_once() {
         u64::from(PER_PAIR)
     );
 }
+}
 
 /// Collects RX used elements on both pairs until `frames` frames arrived,
 /// then returns a metrics scrape.
@@ -274,4 +306,73 @@ fn wait_for_rx(s: &Setup, g: &mut FakeGuest, frames: u64) -> String {
         }
     }
     Daemon::scrape(&s.ns)
+}
+
+engine_test! {
+/// Hundreds of frames queued at once leave the tap in the order the
+/// guest queued them, once each, and zcnet says which engine it used.
+fn tx_frames_leave_the_tap_in_ring_order(engine) {
+    let s = Setup::new(&zcnet(), &["--io-engine", engine]);
+    s.daemon
+        .wait_log(&format!("TX I/O engine: {engine} (--io-engine {engine})"));
+    let host = PacketSock::open(&s.ns, TAP, false);
+    let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
+    // Few enough for the packet socket's receive buffer to hold at once.
+    const FRAMES: u32 = 120;
+    for tag in 0..FRAMES {
+        let f = frames::test_frame(60 + tag as usize % 50, tag, HOST_MAC, GUEST_MAC);
+        g.queue_tx(0, &frames::plain_hdr(), &f, 1 + tag as usize % 3);
+    }
+    g.tx(0).kick();
+    assert_eq!(g.wait_tx_used(0, FRAMES as usize).len(), FRAMES as usize);
+    let tags: Vec<u32> = (0..FRAMES)
+        .map(|i| {
+            let f = host
+                .recv_matching(WAIT, |f| frames::tag_of(f).is_some())
+                .unwrap_or_else(|| panic!("only {i} of {FRAMES} frames came out"));
+            frames::tag_of(&f).unwrap()
+        })
+        .collect();
+    assert_eq!(tags, (0..FRAMES).collect::<Vec<_>>(), "in ring order");
+    let m = Daemon::scrape(&s.ns);
+    assert_eq!(Daemon::metric(&m, "zcnet_tx_frames_total", 0), u64::from(FRAMES));
+    assert_eq!(Daemon::metric(&m, "zcnet_tx_dropped_total", 0), 0);
+}
+}
+
+engine_test! {
+/// A tap that is down refuses every write (EIO): each frame is a drop,
+/// each chain comes back once, and once the tap is up frames go again.
+fn a_tap_that_is_down_costs_frames_not_chains(engine) {
+    let s = Setup::new(&zcnet(), &["--io-engine", engine]);
+    let mut g = FakeGuest::connect(&s.daemon.socket, &GuestOpts::default());
+    s.ns.ip(&["link", "set", TAP, "down"]);
+    const FRAMES: usize = 150;
+    let mut heads: Vec<u16> = (0..FRAMES as u32)
+        .map(|tag| {
+            let f = frames::test_frame(100, tag, HOST_MAC, GUEST_MAC);
+            g.queue_tx(0, &frames::plain_hdr(), &f, 1)
+        })
+        .collect();
+    g.tx(0).kick();
+    let mut ids: Vec<u16> = g.wait_tx_used(0, FRAMES).iter().map(|u| u.id).collect();
+    ids.sort_unstable();
+    heads.sort_unstable();
+    assert_eq!(ids, heads, "every chain back, once");
+    let m = Daemon::scrape(&s.ns);
+    assert_eq!(Daemon::metric(&m, "zcnet_tx_dropped_total", 0), FRAMES as u64);
+    assert_eq!(Daemon::metric(&m, "zcnet_tx_frames_total", 0), 0);
+
+    s.ns.ip(&["link", "set", TAP, "up"]);
+    let host = PacketSock::open(&s.ns, TAP, false);
+    let f = frames::test_frame(100, 7777, HOST_MAC, GUEST_MAC);
+    g.queue_tx(0, &frames::plain_hdr(), &f, 1);
+    g.tx(0).kick();
+    assert_eq!(g.wait_tx_used(0, 1).len(), 1);
+    let got = host
+        .recv_matching(WAIT, |f| frames::tag_of(f) == Some(7777))
+        .expect("the frame sent once the tap is up came out");
+    assert_eq!(got, f);
+    assert!(g.tx(0).take_used().is_empty(), "no chain returned twice");
+}
 }

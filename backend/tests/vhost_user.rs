@@ -30,11 +30,14 @@ fn qemu_negotiation_offers_offloads_and_no_in_order() {
     let s = Setup::new(&zcnet(), &["--queue-pairs", "2"]);
     let opts = GuestOpts {
         pairs: 2,
-        wanted: u64::MAX,
+        // QEMU acks what it knows of what is offered; LOG_ALL only while
+        // it migrates (vhost_dev_set_features).
+        wanted: !LOG_ALL,
         protocol: VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::MTU
             | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::RARP
             | VhostUserProtocolFeatures::BACKEND_REQ,
         ..GuestOpts::default()
     };
@@ -59,10 +62,19 @@ fn qemu_negotiation_offers_offloads_and_no_in_order() {
     }
     assert_eq!(g.offered & IN_ORDER, 0, "IN_ORDER must not be offered");
     assert_eq!(g.offered & MTU, 0, "MTU only with --mtu");
-    // NET_MTU would make QEMU send NET_SET_MTU; LOG_SHMFD would promise
-    // migration support zcnet does not have.
+    // NET_MTU would make QEMU send NET_SET_MTU, which the vhost crate
+    // cannot dispatch. LOG_SHMFD and RARP are live migration's: without
+    // LOG_SHMFD QEMU refuses to migrate the guest, and LOG_ALL must be
+    // offered too (QEMU's other migration blocker).
     assert!(!g.protocol.contains(VhostUserProtocolFeatures::MTU));
-    assert!(!g.protocol.contains(VhostUserProtocolFeatures::LOG_SHMFD));
+    assert!(g.protocol.contains(VhostUserProtocolFeatures::LOG_SHMFD));
+    assert!(g.protocol.contains(VhostUserProtocolFeatures::RARP));
+    assert_ne!(g.offered & LOG_ALL, 0, "VHOST_F_LOG_ALL offered");
+    assert_eq!(
+        g.acked & LOG_ALL,
+        0,
+        "LOG_ALL is acked only while migrating"
+    );
     assert_eq!(g.queue_num, 4, "GET_QUEUE_NUM counts virtqueues");
     tx_roundtrip(&mut g, &host, 1);
 }
@@ -86,14 +98,15 @@ fn cloud_hypervisor_negotiation_with_memory_slots_and_config() {
         protocol: VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::CONFIG,
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::LOG_SHMFD,
         ..GuestOpts::default()
     };
     let host = PacketSock::open(&s.ns, TAP, true);
     let mut g = FakeGuest::negotiate(&s.daemon.socket, &opts);
     assert_eq!(
         g.protocol, opts.protocol,
-        "all four protocol features accepted"
+        "all five protocol features accepted"
     );
     assert_eq!(
         g.acked & IN_ORDER,

@@ -8,7 +8,7 @@
 # Results in OUT_DIR: vmlinuz, initramfs.cpio.gz, stamp.
 #
 # Host packages (QEMU 10 from bookworm-backports, busybox-static, iperf3,
-# nftables) are installed with a private apt configuration kept under
+# nftables, ethtool) are installed with a private apt configuration kept under
 # <repo>/target/apt; /etc/apt is never modified. The guest kernel is only
 # downloaded and unpacked, never installed on the host.
 #
@@ -44,7 +44,7 @@ MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev
     virtio_pci failover net_failover virtio_net)
 # Applets /init relies on.
 APPLETS=(sh mount mkdir insmod cat ls grep tr sed tail date ip ping sleep taskset
-    timeout poweroff)
+    timeout poweroff nc sha256sum mkfifo tee wc dd cut touch)
 DEFAULT_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 APT_DIR=$REPO/target/apt
@@ -221,6 +221,7 @@ host_tools_ok() {
     busybox_path >/dev/null || return 1
     command -v iperf3 >/dev/null || return 1
     command -v nft >/dev/null || return 1
+    command -v ethtool >/dev/null || return 1
 }
 
 install_host_tools() {
@@ -229,12 +230,12 @@ install_host_tools() {
     utils_before=$(pkg_version qemu-utils)
     [[ $APT_NEED_UPDATE == 1 ]] && apt_update
     STEP="install host packages"
-    log "installing qemu-system-x86 (from $SUITE-backports), busybox-static, iperf3, nftables"
+    log "installing qemu-system-x86 (from $SUITE-backports), busybox-static, iperf3, nftables, ethtool"
     # --no-remove: abort rather than remove anything (a plain install of
     # bookworm's QEMU 7.2 would remove qemu-utils 10). -y without
     # --allow-downgrades refuses downgrades.
     apt_get -q install -y --no-install-recommends --no-remove \
-        -t "$SUITE-backports" qemu-system-x86 busybox-static iperf3 nftables >&2 ||
+        -t "$SUITE-backports" qemu-system-x86 busybox-static iperf3 nftables ethtool >&2 ||
         die "apt-get install failed"
 
     major=$(qemu_major) || die "qemu-system-x86_64 missing or unreadable after install"
@@ -246,7 +247,7 @@ install_host_tools() {
             die "qemu-utils was downgraded from $utils_before to $utils_after"
         log "qemu-utils still at $utils_after"
     fi
-    host_tools_ok || die "host tools still incomplete after install (qemu 10+, static busybox, iperf3, nft)"
+    host_tools_ok || die "host tools still incomplete after install (qemu 10+, static busybox, iperf3, nft, ethtool)"
 }
 
 # ---------------------------------------------------------------- kernel
@@ -373,7 +374,7 @@ write_sources
 
 STEP="check host tools"
 if host_tools_ok; then
-    log "host tools present: $(qemu-system-x86_64 --version | head -n1), busybox-static, iperf3, nft"
+    log "host tools present: $(qemu-system-x86_64 --version | head -n1), busybox-static, iperf3, nft, ethtool"
 else
     install_host_tools
 fi

@@ -10,6 +10,9 @@ use std::time::Duration;
 use crate::frame::{RxBuffers, TxFrame};
 use crate::Offloads;
 
+/// The most frames handed to [`Attachment::send_batch`] at once.
+pub const MAX_BATCH: usize = crate::uring::MAX_WRITES;
+
 /// What became of a frame handed to [`Attachment::send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sent {
@@ -81,6 +84,26 @@ pub trait Attachment: Send {
     /// for the fd to become writable. Other errors drop the frame.
     fn send(&mut self, frame: &mut TxFrame<'_>, mode: SendMode) -> io::Result<Sent>;
 
+    /// Sends `frames` in order, frame `i` as `modes[i]` asks, and puts the
+    /// outcome of each frame sent or refused in `results[i]`. Returns how
+    /// many frames that is, from the front. When it is fewer than all,
+    /// the next frame would block: neither it nor any frame after it was
+    /// sent, and the caller waits for the fd to become writable before it
+    /// sends them again. `Err(WouldBlock)` is never among the outcomes.
+    ///
+    /// An attachment that can hand the kernel many frames at once (the
+    /// tap with io_uring) overrides this; the default sends them one by
+    /// one with [`send`](Self::send). At most [`MAX_BATCH`] frames come at
+    /// once, and `modes` and `results` are at least as long as `frames`.
+    fn send_batch(
+        &mut self,
+        frames: &mut [TxFrame<'_>],
+        modes: &[SendMode],
+        results: &mut [io::Result<Sent>],
+    ) -> usize {
+        send_each(self, frames, modes, results)
+    }
+
     /// Receives one frame into `bufs`, behind a virtio-net header of the
     /// configured length that the attachment writes too; returns header
     /// plus frame bytes. A result above `bufs.guest_len()` means the frame
@@ -147,4 +170,21 @@ pub trait Attachment: Send {
     fn set_enabled(&mut self, _enabled: bool) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// [`Attachment::send_batch`] done with one [`Attachment::send`] per frame
+/// (the default, and what an overriding attachment falls back to).
+pub fn send_each<A: Attachment + ?Sized>(
+    attachment: &mut A,
+    frames: &mut [TxFrame<'_>],
+    modes: &[SendMode],
+    results: &mut [io::Result<Sent>],
+) -> usize {
+    for (i, frame) in frames.iter_mut().enumerate() {
+        match attachment.send(frame, modes[i]) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return i,
+            outcome => results[i] = outcome,
+        }
+    }
+    frames.len()
 }

@@ -15,8 +15,12 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use thiserror::Error;
 
-use crate::attachment::{Attachment, GuestConfig, SendMode, Sent};
+use arrayvec::ArrayVec;
+use log::warn;
+
+use crate::attachment::{self, Attachment, GuestConfig, SendMode, Sent, MAX_BATCH};
 use crate::frame::{RxBuffers, TxFrame};
+use crate::uring::UringWriter;
 use crate::vnet_hdr::HDR_LEN_V1;
 use crate::Offloads;
 
@@ -58,6 +62,22 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot set the virtio-net header length of tap {name:?}")]
+    HeaderLength {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How a tap queue hands TX frames to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoEngine {
+    /// One `writev` per frame.
+    Syscall,
+    /// Each batch of frames as linked writes with one `io_uring_enter`
+    /// on a registered fd (`uring`).
+    Uring,
 }
 
 /// One queue of a multi-queue tap device.
@@ -69,6 +89,10 @@ pub struct Tap {
     hdr_len: usize,
     /// Whether this queue is attached (takes frames from the kernel).
     attached: bool,
+    /// Batches go through io_uring (the `Uring` engine) when set.
+    uring: Option<UringWriter>,
+    /// The io_uring failed on some thread: batches go by `writev` there.
+    uring_failed: bool,
 }
 
 impl Tap {
@@ -83,7 +107,24 @@ impl Tap {
             .collect()
     }
 
+    /// Opens (creating) a plain tap called `name`: one queue, no
+    /// virtio-net header (`IFF_TAP | IFF_NO_PI`), the kind a simple user
+    /// space writer uses. zcnet does not run on one; its benchmark
+    /// measures one as a reference.
+    pub fn open_plain(name: &str) -> Result<Tap, TapError> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['\0', '/']) {
+            return Err(TapError::InvalidName(name.to_owned()));
+        }
+        let mut tap = Self::open_flags(name, 0, libc::IFF_TAP | libc::IFF_NO_PI)?;
+        tap.hdr_len = 0;
+        Ok(tap)
+    }
+
     fn open_one(name: &str, queue: usize) -> Result<Tap, TapError> {
+        Self::open_flags(name, queue, TAP_FLAGS)
+    }
+
+    fn open_flags(name: &str, queue: usize, flags: libc::c_int) -> Result<Tap, TapError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -96,7 +137,7 @@ impl Tap {
         for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
             *dst = src as libc::c_char;
         }
-        ifr.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
+        ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
 
         // SAFETY: `file` is an fd of /dev/net/tun that we own and keep open
         // for the call; TUNSETIFF reads and writes one `struct ifreq`, and
@@ -115,12 +156,50 @@ impl Tap {
                 },
             });
         }
-        Ok(Tap {
+        let tap = Tap {
             file,
             name: name.to_owned(),
             hdr_len: HDR_LEN_V1,
             attached: true,
-        })
+            uring: None,
+            uring_failed: false,
+        };
+        // The kernel starts a queue at the legacy 10-byte header; a frame
+        // sent before the first `configure` (zcnet's RARP announcement can
+        // come before SET_FEATURES) must carry the header `send` writes.
+        tap.set_vnet_hdr_len(tap.hdr_len)
+            .map_err(|source| TapError::HeaderLength {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(tap)
+    }
+
+    /// Sends TX batches through `engine` from now on. For `Uring`, the
+    /// caller has checked that the kernel offers it (`uring::probe`).
+    pub fn set_io_engine(&mut self, engine: IoEngine) {
+        self.uring = match engine {
+            IoEngine::Syscall => None,
+            // The writer registers this queue's fd, which `self` owns and
+            // keeps open as long as the writer (a field of `self`) lives.
+            IoEngine::Uring => Some(UringWriter::new(self.file.as_fd())),
+        };
+        self.uring_failed = false;
+    }
+
+    /// The engine TX batches go through.
+    pub fn io_engine(&self) -> IoEngine {
+        if self.uring.is_some() {
+            IoEngine::Uring
+        } else {
+            IoEngine::Syscall
+        }
+    }
+
+    /// Batches written through io_uring, and the io_uring_enter calls
+    /// they took.
+    pub fn uring_stats(&self) -> Option<(u64, u64)> {
+        self.uring.as_ref().map(UringWriter::stats)
     }
 
     /// The interface name.
@@ -267,6 +346,54 @@ impl Attachment for Tap {
         let hdr = frame.hdr().to_bytes();
         let iov = frame.with_header(&hdr[..self.hdr_len]);
         self.writev(iov).map(|_| Sent::Copied)
+    }
+
+    /// With the `Uring` engine: every frame's header and iovecs as one
+    /// batch of linked writes, one `io_uring_enter`. The headers live on
+    /// this stack frame and the iovecs in the frames, both borrowed until
+    /// `write_batch` has reaped every completion.
+    fn send_batch(
+        &mut self,
+        frames: &mut [TxFrame<'_>],
+        modes: &[SendMode],
+        results: &mut [io::Result<Sent>],
+    ) -> usize {
+        let Some(writer) = self.uring.as_mut().filter(|_| !self.uring_failed) else {
+            return attachment::send_each(self, frames, modes, results);
+        };
+        let n = frames.len();
+        let hdr_len = self.hdr_len;
+        let mut hdrs = [[0u8; HDR_LEN_V1]; MAX_BATCH];
+        for (h, f) in hdrs.iter_mut().zip(frames.iter()) {
+            *h = f.hdr().to_bytes();
+        }
+        let writes: ArrayVec<&[libc::iovec], MAX_BATCH> = frames
+            .iter_mut()
+            .zip(&hdrs)
+            .map(|(f, h)| f.with_header(&h[..hdr_len]))
+            .collect();
+        let mut written = [0i32; MAX_BATCH];
+        if let Err(e) = writer.write_batch(&writes, &mut written[..n]) {
+            // Nothing was written: this thread cannot have a ring (memory
+            // limits?). Frames go by writev from now on.
+            warn!(
+                "tap {}: io_uring unusable ({}), writing frames one by one",
+                self.name,
+                crate::error_chain(&e)
+            );
+            drop(writes);
+            self.uring_failed = true;
+            return attachment::send_each(self, frames, modes, results);
+        }
+        for (i, &r) in written[..n].iter().enumerate() {
+            results[i] = match r {
+                r if r >= 0 => Ok(Sent::Copied),
+                // This frame and (cancelled) every later one: not written.
+                r if r == -libc::EAGAIN => return i,
+                r => Err(io::Error::from_raw_os_error(-r)),
+            };
+        }
+        n
     }
 
     /// The kernel writes the header and the frame straight into the

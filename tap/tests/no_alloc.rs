@@ -1,7 +1,7 @@
 //! No attachment allocates per frame (issue 8): after a warm-up, thousands
-//! of frames go through the tap and the UDP attachment, both ways, copied
-//! and lent, with zero heap allocations on the sending and receiving
-//! thread. A counting global allocator (this test binary only) counts the
+//! of frames go through the tap (frame by frame, and in io_uring batches)
+//! and the UDP attachment, both ways, copied and lent, with zero heap
+//! allocations on the sending and receiving thread. A counting global allocator (this test binary only) counts the
 //! allocations made on the current thread while counting is on.
 //!
 //! Needs root (a tap in a private network namespace).
@@ -13,9 +13,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::thread;
 
+use arrayvec::ArrayVec;
 use zcnet_tap::vnet_hdr::{VnetHdr, HDR_LEN_V1};
 use zcnet_tap::{
-    Attachment, Completion, GuestConfig, Offloads, RxBuffers, SendMode, Tap, TxFrame, UdpAttachment,
+    Attachment, Completion, GuestConfig, IoEngine, Offloads, RxBuffers, SendMode, Sent, Tap,
+    TxFrame, UdpAttachment, MAX_BATCH,
 };
 
 struct Counting;
@@ -208,12 +210,25 @@ const ETH_P_ALL: u16 = 0x0003;
 
 #[test]
 fn the_tap_sends_and_receives_without_allocating() {
+    tap_round_trips(IoEngine::Syscall, 1);
+}
+
+#[test]
+fn the_tap_sends_io_uring_batches_without_allocating() {
+    zcnet_tap::uring::probe().expect("io_uring on the test machine");
+    tap_round_trips(IoEngine::Uring, MAX_BATCH);
+}
+
+/// Rounds of `batch` frames written to a tap with `engine` (one
+/// `send_batch` call) and one frame read back, counted after a warm-up.
+fn tap_round_trips(engine: IoEngine, batch: usize) {
     // A private network namespace for this thread (and the `ip` it runs).
-    thread::spawn(|| {
+    thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .expect("unshare the network namespace (run as root)");
         let mut taps = Tap::open_queues("zcnoalloc0", 1).expect("create a tap");
         let mut tap = taps.pop().unwrap();
+        tap.set_io_engine(engine);
         // No IPv6 chatter (router solicitations, MLD) on the test tap.
         for (cmd, args) in [
             ("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"][..]),
@@ -262,11 +277,21 @@ fn the_tap_sends_and_receives_without_allocating() {
             };
             assert_eq!(n as usize, inject.len());
         };
-        let mut chain = Chain::new(&test_frame(1500, 3));
+        let mut chains: Vec<Chain> = (0..batch)
+            .map(|_| Chain::new(&test_frame(1500, 3)))
+            .collect();
         let mut room = Room::new(2048);
+        let modes = [SendMode::Copy; MAX_BATCH];
+        let mut results: Vec<std::io::Result<Sent>> =
+            (0..batch).map(|_| Ok(Sent::Copied)).collect();
         let mut round = |tap: &mut Tap| {
-            tap.send(&mut chain.frame(), SendMode::Copy)
-                .expect("write to the tap");
+            // The frames of a batch live on the stack, as in the datapath.
+            let mut frames: ArrayVec<TxFrame<'_>, MAX_BATCH> =
+                chains.iter_mut().map(Chain::frame).collect();
+            let sent = tap.send_batch(&mut frames, &modes, &mut results);
+            assert_eq!(sent, batch, "every frame written");
+            assert!(results.iter().all(|r| matches!(r, Ok(Sent::Copied))));
+            drop(frames);
             send_host();
             let n = tap.recv(&mut room.buffers()).expect("read the tap");
             assert_eq!(n, HDR_LEN_V1 + inject.len());
@@ -275,11 +300,15 @@ fn the_tap_sends_and_receives_without_allocating() {
             round(&mut tap);
         }
         let n = allocations(|| {
-            for _ in 0..FRAMES {
+            for _ in 0..FRAMES / batch {
                 round(&mut tap);
             }
         });
         assert_eq!(n, 0, "the tap allocated per frame");
+        if engine == IoEngine::Uring {
+            let (batches, enters) = tap.uring_stats().expect("the uring engine");
+            assert_eq!(batches, enters, "one io_uring_enter per batch");
+        }
     })
     .join()
     .expect("the tap test thread");

@@ -37,7 +37,7 @@ fn heads(posted: &[Posted]) -> Vec<u16> {
     posted.iter().map(|p| p.head).collect()
 }
 
-#[test]
+engine_test! {
 fn a_malformed_chain_between_good_ones_is_returned_once_and_skips_none() {
     let h = Setup::default().build();
     let good1 = h.rx.post(1, BUF)[0];
@@ -83,8 +83,9 @@ fn a_malformed_chain_between_good_ones_is_returned_once_and_skips_none() {
     assert_eq!(h.metrics.rx_frames.get(), 2);
     assert_eq!(h.rx.outstanding(), 0);
 }
+}
 
-#[test]
+engine_test! {
 fn a_frame_spanning_three_buffers_says_so_in_num_buffers() {
     let h = Setup::default().build();
     let posted = h.rx.post(8, BUF);
@@ -107,10 +108,11 @@ fn a_frame_spanning_three_buffers_says_so_in_num_buffers() {
     assert_eq!(h.metrics.rx_bytes.get(), 4000);
     assert_eq!(h.calls(Vq::Rx), 1);
 }
+}
 
+engine_test! {
 /// Issue 12, case 3: a frame is delivered as soon as the posted buffers
 /// can hold it, not when there is room for the largest frame.
-#[test]
 fn small_frames_are_delivered_at_once_into_few_buffers() {
     let h = Setup::default().build();
     let posted = h.rx.post(8, BUF);
@@ -126,6 +128,7 @@ fn small_frames_are_delivered_at_once_into_few_buffers() {
     assert_eq!(used, heads(&posted));
     assert_eq!(h.metrics.rx_frames.get(), 8);
     assert_eq!(h.metrics.rx_dropped.get(), 0);
+}
 }
 
 /// A frame larger than what the guest posted waits for more room; then it
@@ -160,17 +163,19 @@ fn held_until_room(h: &Harness, first_posted: usize, big: usize) {
     assert_eq!(h.metrics.rx_dropped.get(), 0);
 }
 
-#[test]
+engine_test! {
 fn a_frame_larger_than_the_posted_buffers_is_held_until_the_guest_posts_more() {
     held_until_room(&Setup::default().build(), 2, 4000);
 }
+}
 
-#[test]
+engine_test! {
 fn a_gso_frame_larger_than_the_posted_buffers_is_held_until_the_guest_posts_more() {
     held_until_room(&gso_guest().build(), 8, 40_000);
 }
+}
 
-#[test]
+engine_test! {
 fn a_frame_larger_than_the_whole_ring_is_dropped_and_the_next_delivered() {
     let h = Setup {
         queue_size: 16,
@@ -189,10 +194,11 @@ fn a_frame_larger_than_the_whole_ring_is_dropped_and_the_next_delivered() {
     assert_eq!(h.metrics.rx_dropped.get(), 1);
     assert_eq!(h.metrics.rx_frames.get(), 1);
 }
+}
 
+engine_test! {
 /// A legacy guest (neither VERSION_1 nor MRG_RXBUF) has a 10-byte header
 /// and no `num_buffers`; the attachment is told so.
-#[test]
 fn a_legacy_guest_gets_a_ten_byte_header() {
     let h = Setup {
         features: 1 << VIRTIO_RING_F_EVENT_IDX,
@@ -217,8 +223,9 @@ fn a_legacy_guest_gets_a_ten_byte_header() {
     assert_eq!(h.metrics.rx_frames.get(), 1);
     assert_eq!(h.metrics.rx_bytes.get(), 100);
 }
+}
 
-#[test]
+engine_test! {
 fn without_mergeable_buffers_a_frame_larger_than_one_chain_is_dropped() {
     let h = Setup {
         features: 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX,
@@ -236,4 +243,5 @@ fn without_mergeable_buffers_a_frame_larger_than_one_chain_is_dropped() {
     assert_eq!(d[0].used[0].id, posted[0].head);
     assert_eq!(h.metrics.rx_dropped.get(), 1);
     assert_eq!(h.metrics.rx_frames.get(), 1);
+}
 }

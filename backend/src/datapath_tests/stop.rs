@@ -37,7 +37,7 @@ fn sorted_used(h: &Harness) -> Vec<u16> {
     ids
 }
 
-#[test]
+engine_test! {
 fn lent_chains_completed_while_stopping_are_used_before_the_reply() {
     // A drain time no test reaches: the stop ends when the last arrives.
     let (h, heads) = three_lent(Duration::from_secs(600));
@@ -52,8 +52,9 @@ fn lent_chains_completed_while_stopping_are_used_before_the_reply() {
     assert_eq!(h.metrics.lent_chains.get(), 0);
     assert_eq!(h.metrics.zc_completed.get(), 3);
 }
+}
 
-#[test]
+engine_test! {
 fn chains_still_lent_at_the_deadline_are_abandoned_for_good() {
     let (h, heads) = three_lent(Duration::from_millis(1));
     // Released before GET_VRING_BASE came.
@@ -74,4 +75,5 @@ fn chains_still_lent_at_the_deadline_are_abandoned_for_good() {
     assert_eq!(h.tx.used_idx(), 1, "abandoned chains are never used");
     assert_eq!(h.calls(Vq::Tx), 0);
     assert_eq!(h.metrics.zc_completed.get(), 3, "the late ones were read");
+}
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use zcnet_tap::vnet_hdr::{VnetHdr, GSO_NONE};
-use zcnet_tap::{SendMode, Sent};
+use zcnet_tap::{SendMode, Sent, MAX_BATCH};
 
 use crate::testing::{frame, Reply, Setup, Used, Vq};
 
@@ -12,7 +12,7 @@ fn used_in_order(heads: &[u16]) -> Vec<Used> {
     heads.iter().map(|&id| Used { id, len: 0 }).collect()
 }
 
-#[test]
+engine_test! {
 fn chains_published_while_notifications_are_off_go_out_in_the_same_event() {
     let h = Setup::default().build();
     let frames: Vec<Vec<u8>> = (0..8).map(|i| frame(100 + i, i as u8)).collect();
@@ -58,8 +58,9 @@ fn chains_published_while_notifications_are_off_go_out_in_the_same_event() {
     assert_eq!(h.metrics.tx_bytes.get(), (100..108).sum::<u64>());
     assert_eq!(h.calls(Vq::Tx), 1, "one call for the drain");
 }
+}
 
-#[test]
+engine_test! {
 fn a_send_that_would_block_leaves_the_chain_on_the_avail_ring_until_writable() {
     let h = Setup::default().build();
     h.fake.reply([Reply::WouldBlock]);
@@ -88,10 +89,11 @@ fn a_send_that_would_block_leaves_the_chain_on_the_avail_ring_until_writable() {
     assert_eq!(h.metrics.tx_dropped.get(), 0);
     assert_eq!(h.metrics.malformed_chains.get(), 0);
 }
+}
 
+engine_test! {
 /// A long drain calls the guest partway when its `used_event` asks, so
 /// it can refill the ring while the device still works.
-#[test]
 fn a_long_drain_calls_the_guest_before_it_ends() {
     let h = Setup::default().build();
     h.tx.set_used_event(0); // a call at the first used chain
@@ -108,19 +110,20 @@ fn a_long_drain_calls_the_guest_before_it_ends() {
 
     assert_eq!(
         *seen.lock().unwrap(),
-        Some((1, 99)),
-        "by the 100th send the guest was called, with 99 chains back"
+        Some((1, MAX_BATCH as u16)),
+        "by the 100th send the guest was called, with the first batch back"
     );
     assert_eq!(h.tx.take_used(), used_in_order(&heads));
     assert_eq!(h.calls(Vq::Tx), 0, "used_event did not move: no more calls");
     assert_eq!(h.metrics.tx_frames.get(), 200);
 }
+}
 
+engine_test! {
 /// After the queue starts, the first used-ring update calls the guest
 /// whatever `used_event` says (issue 12, case 6A: the index it was last
 /// signalled at is unknown); after that, a `used_event` far ahead means no
 /// call.
-#[test]
 fn no_call_when_the_guest_asked_for_one_much_later() {
     let h = Setup::default().build();
     h.tx.set_used_event(1000);
@@ -139,10 +142,11 @@ fn no_call_when_the_guest_asked_for_one_much_later() {
     }
     assert_eq!(h.metrics.tx_frames.get(), 400);
 }
+}
 
+engine_test! {
 /// Issue 12, case 4: `hdr_len` is a hint without GSO. Whatever the guest
 /// wrote there, the frame goes out with a normalised header.
-#[test]
 fn a_lying_hdr_len_without_gso_is_normalised_and_the_frame_sent() {
     for hdr_len in [10u16, 2000] {
         let h = Setup::default().build();
@@ -168,8 +172,9 @@ fn a_lying_hdr_len_without_gso_is_normalised_and_the_frame_sent() {
         assert_eq!(h.metrics.tx_frames.get(), 1);
     }
 }
+}
 
-#[test]
+engine_test! {
 fn a_host_error_drops_the_frame_as_tx_dropped_not_malformed() {
     let h = Setup::default().build();
     h.fake.reply([Reply::Error(libc::EIO)]);
@@ -190,8 +195,9 @@ fn a_host_error_drops_the_frame_as_tx_dropped_not_malformed() {
     assert_eq!(h.metrics.malformed_chains.get(), 0);
     assert_eq!(h.metrics.tx_frames.get(), 1);
 }
+}
 
-#[test]
+engine_test! {
 fn a_header_with_unknown_flags_is_malformed_not_dropped() {
     let h = Setup::default().build();
     let bad = VnetHdr {
@@ -205,4 +211,105 @@ fn a_header_with_unknown_flags_is_malformed_not_dropped() {
     assert_eq!(h.metrics.malformed_chains.get(), 1);
     assert_eq!(h.metrics.tx_dropped.get(), 0);
     assert_eq!(h.metrics.tx_frames.get(), 0);
+}
+}
+
+engine_test! {
+/// A long drain hands the attachment whole batches, in ring order.
+fn frames_go_to_the_attachment_in_batches() {
+    let h = Setup::default().build();
+    let frames: Vec<Vec<u8>> = (0..200).map(|i| frame(64 + i % 7, i as u8)).collect();
+    let heads: Vec<u16> = frames.iter().map(|f| h.send(f)).collect();
+    h.tx_kick();
+
+    assert_eq!(h.fake.batches(), [MAX_BATCH, MAX_BATCH, MAX_BATCH, 200 - 3 * MAX_BATCH]);
+    let sent: Vec<Vec<u8>> = h.fake.sent().into_iter().map(|s| s.bytes).collect();
+    assert_eq!(sent, frames, "every frame once, in order");
+    assert_eq!(h.tx.take_used(), used_in_order(&heads));
+    assert_eq!(h.metrics.tx_frames.get(), 200);
+}
+}
+
+engine_test! {
+/// EAGAIN partway through a batch: the chains sent are used, the one that
+/// would block and every later one go back to the avail ring, in order,
+/// and go out once the attachment is writable, each exactly once.
+fn a_frame_that_would_block_gives_back_itself_and_the_rest_of_its_batch() {
+    let h = Setup::default().build();
+    h.fake.reply([Reply::Accept, Reply::Accept, Reply::Accept, Reply::WouldBlock]);
+    let frames: Vec<Vec<u8>> = (0..10).map(|i| frame(100, i as u8)).collect();
+    let heads: Vec<u16> = frames.iter().map(|f| h.send(f)).collect();
+    h.tx_kick();
+
+    assert_eq!(h.fake.attempts(), 4, "nothing after the frame that would block");
+    let sent: Vec<Vec<u8>> = h.fake.sent().into_iter().map(|s| s.bytes).collect();
+    assert_eq!(sent, frames[..3]);
+    assert_eq!(h.tx.take_used(), used_in_order(&heads[..3]));
+    assert_eq!(h.next_avail(Vq::Tx), 3, "the other seven back on the avail ring");
+    assert_eq!(h.tx.outstanding(), 7, "and still the device's");
+    assert_eq!(h.calls(Vq::Tx), 1, "the guest hears of the three");
+
+    h.tx_kick();
+    assert_eq!(h.fake.attempts(), 4, "blocked: a kick sends nothing");
+    h.writable();
+    let sent: Vec<Vec<u8>> = h.fake.sent().into_iter().map(|s| s.bytes).collect();
+    assert_eq!(sent, frames, "the rest after them, in order, once each");
+    assert_eq!(h.tx.take_used(), used_in_order(&heads[3..]));
+    assert_eq!(h.metrics.tx_frames.get(), 10);
+    assert_eq!(h.metrics.tx_dropped.get(), 0);
+}
+}
+
+engine_test! {
+/// Malformed chains keep their place in the ring: one before the frame
+/// that would block is used at once; one after it goes back with it and
+/// is used (and counted) once, on the next try.
+fn malformed_chains_around_a_frame_that_would_block_are_used_once() {
+    let h = Setup::default().build();
+    let bad = VnetHdr {
+        flags: 0x40,
+        ..VnetHdr::default()
+    };
+    h.fake.reply([Reply::Accept, Reply::WouldBlock]);
+    let a = h.send(&frame(100, 1));
+    let m1 = h.send_with(&bad, &frame(100, 2));
+    let b = h.send(&frame(100, 3));
+    let m2 = h.send_with(&bad, &frame(100, 4));
+    let c = h.send(&frame(100, 5));
+    h.tx_kick();
+
+    assert_eq!(h.tx.take_used(), used_in_order(&[a, m1]));
+    assert_eq!(h.metrics.malformed_chains.get(), 1);
+    assert_eq!(h.next_avail(Vq::Tx), 2);
+
+    h.writable();
+    assert_eq!(h.tx.take_used(), used_in_order(&[b, m2, c]));
+    assert_eq!(h.metrics.malformed_chains.get(), 2, "each counted once");
+    let seeds: Vec<u8> = h.fake.sent().iter().map(|s| s.bytes[11]).collect();
+    assert_eq!(seeds, [1, 3, 5]);
+    assert_eq!(h.metrics.tx_frames.get(), 3);
+}
+}
+
+engine_test! {
+/// A refused frame in the middle of a batch is that frame's drop only:
+/// the frames after it in the same batch still go, in order.
+fn a_refused_frame_mid_batch_does_not_stop_the_batch() {
+    let h = Setup::default().build();
+    let mut replies = vec![Reply::Accept; 20];
+    replies[7] = Reply::Error(libc::EIO);
+    h.fake.reply(replies);
+    let frames: Vec<Vec<u8>> = (0..20).map(|i| frame(80, i as u8)).collect();
+    let heads: Vec<u16> = frames.iter().map(|f| h.send(f)).collect();
+    h.tx_kick();
+
+    assert_eq!(h.tx.take_used(), used_in_order(&heads));
+    let sent: Vec<Vec<u8>> = h.fake.sent().into_iter().map(|s| s.bytes).collect();
+    let mut want = frames.clone();
+    want.remove(7);
+    assert_eq!(sent, want);
+    assert_eq!(h.metrics.tx_dropped.get(), 1);
+    assert_eq!(h.metrics.tx_frames.get(), 19);
+    assert_eq!(h.fake.batches(), [20], "one batch");
+}
 }

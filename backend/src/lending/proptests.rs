@@ -156,7 +156,7 @@ fn run(mode: ZeroCopyMode, cap: usize, ring: u16, first_id: u32, ops: Vec<Op>) {
                 };
                 let len = if big { MIN_BYTES + 5000 } else { MIN_BYTES - 1 };
                 let lent_before = l.lent();
-                let (how, why) = l.choose(len, ring);
+                let (how, why) = l.choose(len, ring, 0);
                 if how == SendMode::Lend {
                     assert!(lent_before < bound, "lends past the cap");
                     assert!(mode != ZeroCopyMode::Off && big);

@@ -64,11 +64,30 @@ struct State {
     arrivals: VecDeque<Vec<Completion>>,
     waits: usize,
     config: GuestConfig,
+    /// How many frames each `send_batch` call brought.
+    batches: Vec<usize>,
+    /// Sends taken and not recorded (see [`Fake::record`]).
+    uncounted: usize,
+    /// Whether sent frames are kept (see [`Fake::record`]).
+    no_record: bool,
+}
+
+/// How the fake takes a batch of frames, as the tap's two I/O engines do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// One `send` per frame: the trait's default `send_batch`, as the
+    /// tap's `syscall` engine does (one writev per frame).
+    Syscall,
+    /// Its own `send_batch`, as the tap's `uring` engine does: the whole
+    /// batch in one call, and once a frame would block, every later frame
+    /// of the batch is cancelled, never sent (linked writes).
+    Uring,
 }
 
 /// The attachment half, owned by the queue pair.
 pub struct FakeAttachment {
     fd: OwnedFd,
+    engine: Engine,
     state: Arc<Mutex<State>>,
     hook: Arc<Mutex<Option<SendHook>>>,
 }
@@ -81,8 +100,9 @@ pub struct Fake {
 }
 
 /// A fresh fake; `can_lend` says whether it is a socket that can take
-/// `MSG_ZEROCOPY` (else it behaves like a tap, which always copies).
-pub fn fake(can_lend: bool) -> (FakeAttachment, Fake) {
+/// `MSG_ZEROCOPY` (else it behaves like a tap, which always copies);
+/// `engine` how it takes a batch.
+pub fn fake(can_lend: bool, engine: Engine) -> (FakeAttachment, Fake) {
     let state = Arc::new(Mutex::new(State {
         can_lend,
         ..State::default()
@@ -91,6 +111,7 @@ pub fn fake(can_lend: bool) -> (FakeAttachment, Fake) {
     (
         FakeAttachment {
             fd: super::eventfd(),
+            engine,
             state: state.clone(),
             hook: hook.clone(),
         },
@@ -117,6 +138,27 @@ impl Fake {
     /// How many times `send` was called, whatever it answered.
     pub fn attempts(&self) -> usize {
         lock(&self.state).attempts
+    }
+
+    /// How many frames each `send_batch` call brought, in order.
+    pub fn batches(&self) -> Vec<usize> {
+        lock(&self.state).batches.clone()
+    }
+
+    /// Whether to keep a copy of every frame sent (the default). Without
+    /// it the fake only counts them ([`sent_count`](Self::sent_count)) and
+    /// allocates nothing per frame, so a test can count the datapath's
+    /// own allocations.
+    pub fn record(&self, on: bool) {
+        let mut st = lock(&self.state);
+        st.no_record = !on;
+        st.batches.reserve(1 << 16);
+    }
+
+    /// Frames sent so far, recorded or not.
+    pub fn sent_count(&self) -> usize {
+        let st = lock(&self.state);
+        st.sent.len() + st.uncounted
     }
 
     /// Calls `hook` after each send with the send's number (1 for the
@@ -172,25 +214,24 @@ impl State {
     }
 }
 
-impl Attachment for FakeAttachment {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    fn send(&mut self, frame: &mut TxFrame<'_>, mode: SendMode) -> io::Result<Sent> {
-        let (attempt, result) = {
-            let mut st = lock(&self.state);
-            st.attempts += 1;
-            let lend = mode == SendMode::Lend && st.can_lend;
-            let result = match st.replies.pop_front().unwrap_or(Reply::Accept) {
-                Reply::WouldBlock => Err(io::ErrorKind::WouldBlock.into()),
-                Reply::Error(errno) => Err(io::Error::from_raw_os_error(errno)),
-                Reply::CopiedAnyway => Ok(Sent::Copied),
-                Reply::Accept if lend => Ok(st.lend(1)),
-                Reply::LendIds(n) if lend => Ok(st.lend(n)),
-                Reply::Accept | Reply::LendIds(_) => Ok(Sent::Copied),
-            };
-            if let Ok(sent) = result {
+impl FakeAttachment {
+    /// One frame as the script says; returns its attempt number and what
+    /// the fake answered.
+    fn take(&mut self, frame: &mut TxFrame<'_>, mode: SendMode) -> (usize, io::Result<Sent>) {
+        let mut st = lock(&self.state);
+        st.attempts += 1;
+        let lend = mode == SendMode::Lend && st.can_lend;
+        let result = match st.replies.pop_front().unwrap_or(Reply::Accept) {
+            Reply::WouldBlock => Err(io::ErrorKind::WouldBlock.into()),
+            Reply::Error(errno) => Err(io::Error::from_raw_os_error(errno)),
+            Reply::CopiedAnyway => Ok(Sent::Copied),
+            Reply::Accept if lend => Ok(st.lend(1)),
+            Reply::LendIds(n) if lend => Ok(st.lend(n)),
+            Reply::Accept | Reply::LendIds(_) => Ok(Sent::Copied),
+        };
+        match result {
+            Ok(_) if st.no_record => st.uncounted += 1,
+            Ok(sent) => {
                 let mut bytes = vec![0u8; frame.len()];
                 frame.read_prefix(&mut bytes);
                 st.sent.push(SentFrame {
@@ -200,12 +241,50 @@ impl Attachment for FakeAttachment {
                     sent,
                 });
             }
-            (st.attempts, result)
-        };
+            Err(_) => {}
+        }
+        (st.attempts, result)
+    }
+}
+
+impl Attachment for FakeAttachment {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn send(&mut self, frame: &mut TxFrame<'_>, mode: SendMode) -> io::Result<Sent> {
+        let (attempt, result) = self.take(frame, mode);
         if let Some(hook) = lock(&self.hook).as_mut() {
             hook(attempt);
         }
         result
+    }
+
+    fn send_batch(
+        &mut self,
+        frames: &mut [TxFrame<'_>],
+        modes: &[SendMode],
+        results: &mut [io::Result<Sent>],
+    ) -> usize {
+        lock(&self.state).batches.push(frames.len());
+        if self.engine == Engine::Syscall {
+            return zcnet_tap::attachment::send_each(self, frames, modes, results);
+        }
+        for (i, frame) in frames.iter_mut().enumerate() {
+            let (attempt, result) = self.take(frame, modes[i]);
+            // The guest (or the kernel) may act while the batch is being
+            // written: the hook runs after each frame, as with `send`.
+            if let Some(hook) = lock(&self.hook).as_mut() {
+                hook(attempt);
+            }
+            match result {
+                // The frames after it are cancelled: neither attempted
+                // nor sent.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return i,
+                outcome => results[i] = outcome,
+            }
+        }
+        frames.len()
     }
 
     fn recv(&mut self, bufs: &mut RxBuffers<'_>) -> io::Result<usize> {
@@ -214,13 +293,16 @@ impl Attachment for FakeAttachment {
             .rx
             .pop_front()
             .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))?;
-        let mut wire = VnetHdr::default().to_bytes()[..st.config.hdr_len].to_vec();
-        wire.extend_from_slice(&frame);
-        // What fits is written; the length returned is the frame's own, as
+        // Header (all zero) and frame, written without allocating; what
+        // fits is written, and the length returned is the frame's own, as
         // a datagram socket with MSG_TRUNC reports it.
-        let fits = wire.len().min(bufs.capacity());
-        assert!(bufs.write_at(0, &wire[..fits]));
-        Ok(wire.len())
+        let hdr = VnetHdr::default().to_bytes();
+        let hdr = &hdr[..st.config.hdr_len];
+        let room = bufs.capacity();
+        assert!(bufs.write_at(0, &hdr[..hdr.len().min(room)]));
+        let fits = frame.len().min(room.saturating_sub(hdr.len()));
+        assert!(bufs.write_at(hdr.len(), &frame[..fits]));
+        Ok(hdr.len() + frame.len())
     }
 
     fn can_lend(&self) -> bool {

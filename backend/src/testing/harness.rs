@@ -3,6 +3,7 @@
 //! and a [`Fake`] attachment. Tests drive it with the events the pair's
 //! worker would get and look at what the guest and the fake see.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use vmm_sys_util::epoll::EventSet;
 use zcnet_tap::vnet_hdr::{VnetHdr, NUM_BUFFERS_OFFSET};
 
 use super::driver::{Guest, GuestQueue, Posted, Used};
-use super::fake::{self, Fake};
+use super::fake::{self, Engine, Fake};
 use crate::datapath::Vring;
 use crate::features::Negotiated;
 use crate::inflight::{self, Geometry, Session};
@@ -37,6 +38,18 @@ const HEAP: u64 = 0x10_0000;
 pub const MODERN: u64 =
     1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF | 1 << VIRTIO_RING_F_EVENT_IDX;
 
+thread_local! {
+    /// The engine of the test running on this thread (see `with_engine`).
+    static ENGINE: Cell<Engine> = const { Cell::new(Engine::Uring) };
+}
+
+/// Runs `test` with every [`Setup`] it builds taking batches as `engine`
+/// does (a test runs on a thread of its own).
+pub fn with_engine<T>(engine: Engine, test: impl FnOnce() -> T) -> T {
+    ENGINE.set(engine);
+    test()
+}
+
 /// What the pair is built with.
 #[derive(Clone, Copy, Debug)]
 pub struct Setup {
@@ -51,6 +64,9 @@ pub struct Setup {
     pub can_lend: bool,
     /// How long GET_VRING_BASE waits for lent chains.
     pub drain: Duration,
+    /// How the attachment takes a batch of frames: the engine of the
+    /// test's run (`with_engine`), `Uring` outside one.
+    pub engine: Engine,
 }
 
 impl Default for Setup {
@@ -67,6 +83,7 @@ impl Default for Setup {
             },
             can_lend: false,
             drain: Duration::ZERO,
+            engine: ENGINE.get(),
         }
     }
 }
@@ -96,7 +113,7 @@ impl Setup {
         let mem = GuestMemoryAtomic::new(guest.mem().clone());
         let (rx_vring, rx_call) = vring(&mem, &rx, self.event_idx);
         let (tx_vring, tx_call) = vring(&mem, &tx, self.event_idx);
-        let (attachment, fake) = fake::fake(self.can_lend);
+        let (attachment, fake) = fake::fake(self.can_lend, self.engine);
         let metrics = QueueMetrics::default();
         let geometry = Geometry {
             num_queues: 2,

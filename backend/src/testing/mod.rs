@@ -13,6 +13,7 @@
 //! assert_eq!(h.tx.take_used(), [Used { id: head, len: 0 }]);
 //! ```
 
+pub mod alloc;
 pub mod driver;
 pub mod fake;
 pub mod harness;
@@ -21,8 +22,8 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 pub use driver::{Desc, Posted, Used};
-pub use fake::Reply;
-pub use harness::{Delivered, Harness, Setup, Vq, MODERN};
+pub use fake::{Engine, Reply};
+pub use harness::{with_engine, Delivered, Harness, Setup, Vq, MODERN};
 
 /// A fresh non-blocking eventfd (the fake's fd, the vrings' call fds).
 pub fn eventfd() -> OwnedFd {

@@ -14,11 +14,12 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use thiserror::Error;
 
+use crate::measure::tap::{Engine, Side};
 use crate::report::sig3;
 use crate::report::tap::TapRow;
 use crate::report::udp::{UdpPoint, UdpRow, UdpSummary};
 use crate::sample::Spread;
-use crate::workload::{Direction, Workload};
+use crate::workload::{Carrier, Direction, Workload};
 
 #[derive(Debug, Error)]
 #[error("cannot draw the chart")]
@@ -129,9 +130,14 @@ fn legend<'a, CT: CoordTranslate<From = (f64, f64)>>(
 /// The one-queue-pair TX workloads' points for zcnet and the raw tap, the
 /// axis label of each frame size, and zcnet/raw at each.
 struct TapPoints {
+    /// zcnet with the uring engine, fed by the fake guest.
     zcnet: Vec<Point>,
+    /// One writev per frame.
     raw: Vec<Point>,
+    /// 64 writes per io_uring_enter.
+    raw_uring: Vec<Point>,
     labels: Vec<(f64, String)>,
+    /// zcnet over the batched writer.
     ratios: Vec<Option<f64>>,
 }
 
@@ -139,29 +145,33 @@ fn tap_points(rows: &[TapRow]) -> TapPoints {
     let mut p = TapPoints {
         zcnet: Vec::new(),
         raw: Vec::new(),
+        raw_uring: Vec::new(),
         labels: Vec::new(),
         ratios: Vec::new(),
     };
+    let zcnet = Side::Zcnet(Engine::Uring);
     for w in Workload::ALL {
-        if w.direction() != Direction::Tx || w.pairs() != 1 {
+        if w.direction() != Direction::Tx || w.pairs() != 1 || w.carrier() != Carrier::Tap {
             continue;
         }
         let Some(s) = rows.iter().find(|s| s.workload == w.id()) else {
             continue;
         };
         let x = w.frame_len() as f64;
-        if let Some(z) = &s.zcnet {
+        if let Some(z) = s.get(zcnet) {
             p.zcnet.push(Point {
                 x,
-                y: z.summary.gbit_per_second,
+                y: z.gbit_per_second,
             });
-            p.ratios.push(s.zcnet_over_raw);
+            p.ratios.push(s.ratio(zcnet, Side::RawUring));
         }
-        if let Some(r) = &s.raw {
-            p.raw.push(Point {
-                x,
-                y: r.summary.gbit_per_second,
-            });
+        for (side, points) in [(Side::Raw, &mut p.raw), (Side::RawUring, &mut p.raw_uring)] {
+            if let Some(r) = s.get(side) {
+                points.push(Point {
+                    x,
+                    y: r.gbit_per_second,
+                });
+            }
         }
         let label = w.title().trim_start_matches("TX ");
         p.labels.push((
@@ -179,7 +189,7 @@ fn tap_points(rows: &[TapRow]) -> TapPoints {
 /// `bench.svg`: zcnet's TX throughput against the raw tap writer's.
 pub fn draw_tap(path: &Path, rows: &[TapRow], subtitle: &str) -> Result<(), ChartError> {
     let p = tap_points(rows);
-    let all: Vec<&Point> = p.zcnet.iter().chain(&p.raw).collect();
+    let all: Vec<&Point> = p.zcnet.iter().chain(&p.raw).chain(&p.raw_uring).collect();
     // Powers of ten that enclose every value with some room.
     let (y_lo, y_hi) = extent(&all).map_or((0.01, 100.0), |(lo, hi)| {
         (
@@ -198,7 +208,7 @@ pub fn draw_tap(path: &Path, rows: &[TapRow], subtitle: &str) -> Result<(), Char
     let (root, rest) = page(
         path,
         (960, 600),
-        "zcnet TX throughput by frame size vs the raw tap limit (1 queue pair)",
+        "zcnet TX throughput by frame size vs the raw tap limits (1 queue pair)",
         22,
         subtitle,
     )?;
@@ -220,8 +230,14 @@ pub fn draw_tap(path: &Path, rows: &[TapRow], subtitle: &str) -> Result<(), Char
         .label_style(("sans-serif", 14))
         .draw()?;
 
-    median_line(&mut chart, &p.raw, RED, "raw tap writer (the limit)")?;
-    median_line(&mut chart, &p.zcnet, BLUE, "zcnet")?;
+    median_line(
+        &mut chart,
+        &p.raw_uring,
+        GREEN,
+        "raw tap, 64 writes per io_uring_enter (the limit)",
+    )?;
+    median_line(&mut chart, &p.raw, RED, "raw tap, one writev per frame")?;
+    median_line(&mut chart, &p.zcnet, BLUE, "zcnet, --io-engine uring")?;
     // Values: the raw limit's above its point (clear of the rising line),
     // zcnet's and the ratio below.
     values(
@@ -236,7 +252,7 @@ pub fn draw_tap(path: &Path, rows: &[TapRow], subtitle: &str) -> Result<(), Char
     values(
         &mut chart,
         p.zcnet.iter().zip(&p.ratios).map(|(p, ratio)| {
-            let ratio = ratio.map_or(String::new(), |r| format!(", {r:.2} of raw"));
+            let ratio = ratio.map_or(String::new(), |r| format!(", {r:.2} of io_uring"));
             (
                 (p.x, p.y.median),
                 format!("{:.3} Gbit/s{ratio}", p.y.median),

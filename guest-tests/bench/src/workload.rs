@@ -6,6 +6,8 @@ use serde::Serialize;
 use zcnet_harness::frames::{self, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
 use zcnet_harness::guest::HDR_LEN;
 
+use crate::measure::tap::{Engine, Side};
+
 /// Where the frames go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,6 +27,18 @@ pub enum Workload {
     Rx1500,
     RxGso,
     Tx64TwoPairs,
+    /// TX through the TCP stream attachment (`--stream-connect`).
+    StreamTx1500,
+    /// RX through the TCP stream attachment.
+    StreamRx1500,
+}
+
+/// What zcnet carries the frames to and from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    Tap,
+    /// `--stream-connect` to a TCP peer in the next namespace.
+    Stream,
 }
 
 /// A frame and the 12-byte virtio-net header that goes in front of it in a
@@ -68,14 +82,53 @@ const GSO_FRAME_LEN: usize = TCP_HEADERS + 45 * MSS as usize;
 
 impl Workload {
     /// In the order the table lists them and each repetition runs them.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 8] = [
         Workload::Tx64,
         Workload::Tx1500,
         Workload::TxTso,
         Workload::Rx1500,
         Workload::RxGso,
         Workload::Tx64TwoPairs,
+        Workload::StreamTx1500,
+        Workload::StreamRx1500,
     ];
+
+    /// Who carries this workload's frames, each in its own window. TX on
+    /// a tap: zcnet with both engines (and, for 64 and 1500 B frames, fed
+    /// by DPDK as well as by the fake guest) against the limits of one
+    /// writev per frame, of a batched io_uring writer, and (frames without
+    /// GSO, one queue) of one write per frame on a plain tap. RX: zcnet
+    /// (its RX is the same with either engine) against one readv per
+    /// frame. The stream: zcnet alone.
+    pub fn sides(self) -> &'static [Side] {
+        use Engine::{Syscall, Uring};
+        match self {
+            Workload::Tx64 | Workload::Tx1500 => &[
+                Side::Zcnet(Uring),
+                Side::Zcnet(Syscall),
+                Side::ZcnetDpdk(Uring),
+                Side::ZcnetDpdk(Syscall),
+                Side::Raw,
+                Side::RawUring,
+                Side::RawPlain,
+            ],
+            Workload::TxTso | Workload::Tx64TwoPairs => &[
+                Side::Zcnet(Uring),
+                Side::Zcnet(Syscall),
+                Side::Raw,
+                Side::RawUring,
+            ],
+            Workload::Rx1500 | Workload::RxGso => &[Side::Zcnet(Uring), Side::Raw],
+            Workload::StreamTx1500 | Workload::StreamRx1500 => &[Side::Zcnet(Uring)],
+        }
+    }
+
+    pub fn carrier(self) -> Carrier {
+        match self {
+            Workload::StreamTx1500 | Workload::StreamRx1500 => Carrier::Stream,
+            _ => Carrier::Tap,
+        }
+    }
 
     /// A stable name for the JSON.
     pub fn id(self) -> &'static str {
@@ -86,6 +139,8 @@ impl Workload {
             Workload::Rx1500 => "rx-1500",
             Workload::RxGso => "rx-64k-gso",
             Workload::Tx64TwoPairs => "tx-64-2qp",
+            Workload::StreamTx1500 => "stream-tx-1500",
+            Workload::StreamRx1500 => "stream-rx-1500",
         }
     }
 
@@ -98,12 +153,14 @@ impl Workload {
             Workload::Rx1500 => "RX 1500 B",
             Workload::RxGso => "RX 64 KiB GSO",
             Workload::Tx64TwoPairs => "TX 64 B, 2 queue pairs",
+            Workload::StreamTx1500 => "TCP stream TX 1500 B",
+            Workload::StreamRx1500 => "TCP stream RX 1500 B",
         }
     }
 
     pub fn direction(self) -> Direction {
         match self {
-            Workload::Rx1500 | Workload::RxGso => Direction::Rx,
+            Workload::Rx1500 | Workload::RxGso | Workload::StreamRx1500 => Direction::Rx,
             _ => Direction::Tx,
         }
     }
@@ -123,7 +180,10 @@ impl Workload {
     pub fn frame_len(self) -> usize {
         match self {
             Workload::Tx64 | Workload::Tx64TwoPairs => 64,
-            Workload::Tx1500 | Workload::Rx1500 => 1500,
+            Workload::Tx1500
+            | Workload::Rx1500
+            | Workload::StreamTx1500
+            | Workload::StreamRx1500 => 1500,
             Workload::TxTso | Workload::RxGso => GSO_FRAME_LEN,
         }
     }

@@ -17,6 +17,8 @@ const METRICS_PORT: u16 = 9500;
 pub struct Daemon {
     bin: ZcnetBin,
     child: Option<Child>,
+    /// Where `--metrics` serves, inside the daemon's namespace.
+    metrics_port: u16,
     pub socket: PathBuf,
     pub log: PathBuf,
     previous_logs: String,
@@ -33,6 +35,9 @@ pub struct Launch {
     /// A program and its arguments that run zcnet (it must exec it, as
     /// `setpriv` and `ip netns exec` do, so the child's pid is zcnet's).
     pub wrapper: Vec<String>,
+    /// Where `--metrics` serves, on 127.0.0.1 in the namespace (default:
+    /// 9500), for a second daemon in the same namespace.
+    pub metrics_port: Option<u16>,
 }
 
 /// The zcnet binary a [`Daemon`] runs.
@@ -111,6 +116,16 @@ impl Daemon {
         Daemon::start_with(bin, ns, &Launch::default(), args)
     }
 
+    /// [`Daemon::start_args`] with metrics on `port` (127.0.0.1 in `ns`),
+    /// for a second daemon in the same namespace.
+    pub fn start_with_metrics_port(bin: &ZcnetBin, ns: &NetNs, args: &[&str], port: u16) -> Daemon {
+        let launch = Launch {
+            metrics_port: Some(port),
+            ..Launch::default()
+        };
+        Daemon::start_with(bin, ns, &launch, args)
+    }
+
     /// Starts zcnet with exactly `args` (plus its socket and metrics), as
     /// `launch` says.
     pub fn start_with(bin: &ZcnetBin, ns: &NetNs, launch: &Launch, args: &[&str]) -> Daemon {
@@ -123,6 +138,7 @@ impl Daemon {
         let mut d = Daemon {
             bin: bin.clone(),
             child: None,
+            metrics_port: launch.metrics_port.unwrap_or(METRICS_PORT),
             socket,
             log,
             previous_logs: String::new(),
@@ -136,7 +152,7 @@ impl Daemon {
     fn spawn(&mut self, ns: &NetNs, args: &[&str]) {
         let stale = file_id(&self.socket);
         let logfile = fs::File::create(&self.log).expect("log file");
-        let metrics = format!("127.0.0.1:{METRICS_PORT}");
+        let metrics = format!("127.0.0.1:{}", self.metrics_port);
         let mut command = match self.wrapper.split_first() {
             Some((program, wrapper_args)) => {
                 let mut c = ns.command(program);
@@ -270,9 +286,17 @@ impl Daemon {
 
     /// Scrapes the metrics endpoint from inside the namespace.
     pub fn scrape(ns: &NetNs) -> String {
-        ns.enter(|| {
-            let mut s =
-                TcpStream::connect(("127.0.0.1", METRICS_PORT)).expect("connect to metrics");
+        Daemon::scrape_port(ns, METRICS_PORT)
+    }
+
+    /// Scrapes this daemon's metrics (it runs in `ns`).
+    pub fn scrape_own(&self, ns: &NetNs) -> String {
+        Daemon::scrape_port(ns, self.metrics_port)
+    }
+
+    fn scrape_port(ns: &NetNs, port: u16) -> String {
+        ns.enter(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
             s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
                 .unwrap();
             let mut out = String::new();

@@ -2,15 +2,19 @@
 //! memfd guest memory shared with the daemon and split virtqueues laid out
 //! in it, driven the way QEMU or cloud-hypervisor drive a backend.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::{
+    VhostUserInflight, VhostUserProtocolFeatures, VhostUserVringAddrFlags,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::ring::{Desc, Ring, Used};
@@ -44,6 +48,8 @@ pub const HOST_TSO6: u64 = 1 << 12;
 pub const MRG_RXBUF: u64 = 1 << 15;
 pub const STATUS: u64 = 1 << 16;
 pub const MQ: u64 = 1 << 22;
+/// `VHOST_F_LOG_ALL`: the frontend wants every write logged (migration).
+pub const LOG_ALL: u64 = 1 << 26;
 
 pub const HDR_LEN: usize = 12;
 
@@ -348,6 +354,28 @@ impl FakeGuest {
         self.rings[q] = ring;
     }
 
+    /// SET_VRING_ADDR for `ring` as queue `q`; with `log`, the used ring
+    /// is logged at its guest address (`VHOST_VRING_F_LOG`, as QEMU sets
+    /// it while migrating).
+    fn vring_addr(&self, q: usize, ring: &Ring, log: bool) {
+        let config = VringConfigData {
+            queue_max_size: ring.size,
+            queue_size: ring.size,
+            flags: if log {
+                VhostUserVringAddrFlags::VHOST_VRING_F_LOG.bits()
+            } else {
+                0
+            },
+            desc_table_addr: self.hva(ring.desc),
+            used_ring_addr: self.hva(ring.used),
+            avail_ring_addr: self.hva(ring.avail),
+            log_addr: log.then_some(ring.used.0),
+        };
+        self.frontend
+            .set_vring_addr(q, &config)
+            .expect("SET_VRING_ADDR");
+    }
+
     /// NUM, BASE, ADDR, KICK, CALL and (with PROTOCOL_FEATURES) ENABLE.
     fn hand_ring(&mut self, q: usize, ring: &Ring, base: u16) {
         let size = ring.size;
@@ -355,18 +383,7 @@ impl FakeGuest {
         self.frontend
             .set_vring_base(q, base)
             .expect("SET_VRING_BASE");
-        let config = VringConfigData {
-            queue_max_size: size,
-            queue_size: size,
-            flags: 0,
-            desc_table_addr: self.hva(ring.desc),
-            used_ring_addr: self.hva(ring.used),
-            avail_ring_addr: self.hva(ring.avail),
-            log_addr: None,
-        };
-        self.frontend
-            .set_vring_addr(q, &config)
-            .expect("SET_VRING_ADDR");
+        self.vring_addr(q, ring, false);
         self.frontend
             .set_vring_kick(q, &ring.kick)
             .expect("SET_VRING_KICK");
@@ -378,6 +395,55 @@ impl FakeGuest {
                 .set_vring_enable(q, true)
                 .expect("SET_VRING_ENABLE");
         }
+    }
+
+    /// Bytes of dirty log that cover this guest's memory, sized as QEMU
+    /// sizes it: one 64-bit word per 64 pages up to the last byte.
+    pub fn log_size(&self) -> u64 {
+        ((self.mem_size - 1) / (LOG_PAGE * 64) + 1) * 8
+    }
+
+    /// SET_LOG_BASE with `log` (`size` bytes at offset 0 of its file), as
+    /// QEMU sends it; the daemon's answer is the result.
+    pub fn set_log_base(&self, log: &impl AsRawFd, size: u64) -> Result<(), vhost::Error> {
+        self.frontend.set_log_base(
+            0,
+            Some(VhostUserDirtyLogRegion {
+                mmap_size: size,
+                mmap_offset: 0,
+                mmap_handle: log.as_raw_fd(),
+            }),
+        )
+    }
+
+    /// What QEMU does when a migration starts (`vhost_migration_log`): a
+    /// fresh log by SET_LOG_BASE, SET_FEATURES with `LOG_ALL`, and
+    /// SET_VRING_ADDR with `VHOST_VRING_F_LOG` for every ring. The guest
+    /// must have negotiated LOG_SHMFD.
+    pub fn start_dirty_log(&mut self) -> DirtyLogFile {
+        let log = DirtyLogFile::new(self.log_size());
+        self.set_log_base(&log.file, log.size)
+            .expect("SET_LOG_BASE");
+        self.frontend
+            .set_features(self.acked | LOG_ALL)
+            .expect("SET_FEATURES with LOG_ALL");
+        for (q, ring) in self.rings.iter().enumerate() {
+            self.vring_addr(q, ring, true);
+        }
+        self.sync();
+        log
+    }
+
+    /// What QEMU does when a migration is cancelled: SET_FEATURES
+    /// without `LOG_ALL` and the rings' addresses without the log flag.
+    pub fn stop_dirty_log(&mut self) {
+        self.frontend
+            .set_features(self.acked)
+            .expect("SET_FEATURES without LOG_ALL");
+        for (q, ring) in self.rings.iter().enumerate() {
+            self.vring_addr(q, ring, false);
+        }
+        self.sync();
     }
 
     pub fn rx(&mut self, pair: usize) -> &mut Ring {
@@ -524,4 +590,55 @@ impl Handshake {
             acked,
         }
     }
+}
+
+/// `VHOST_LOG_PAGE`: one bit of a dirty log stands for this many bytes.
+pub const LOG_PAGE: u64 = 0x1000;
+
+/// A dirty log the fake guest shares with the daemon: a memfd whose bit
+/// `n` (bit `n % 8` of byte `n / 8`) says guest page `n` was written.
+pub struct DirtyLogFile {
+    pub file: File,
+    pub size: u64,
+}
+
+impl DirtyLogFile {
+    /// A zeroed log of `size` bytes.
+    pub fn new(size: u64) -> DirtyLogFile {
+        let file = File::from(
+            memfd_create(c"zcnet-test-log", MemFdCreateFlag::MFD_CLOEXEC).expect("memfd"),
+        );
+        file.set_len(size).unwrap();
+        DirtyLogFile { file, size }
+    }
+
+    /// The pages whose bits are set.
+    pub fn marked(&self) -> BTreeSet<u64> {
+        let mut bits = vec![0u8; self.size as usize];
+        self.file.read_exact_at(&mut bits, 0).unwrap();
+        let mut pages = BTreeSet::new();
+        for (i, b) in bits.iter().enumerate() {
+            for bit in 0..8 {
+                if b & (1 << bit) != 0 {
+                    pages.insert(i as u64 * 8 + bit);
+                }
+            }
+        }
+        pages
+    }
+
+    /// Clears every bit, as QEMU does when it syncs the log.
+    pub fn clear(&self) {
+        self.file
+            .write_all_at(&vec![0; self.size as usize], 0)
+            .unwrap();
+    }
+}
+
+/// The log pages of `len` bytes at guest address `addr`.
+pub fn log_pages(addr: u64, len: u64) -> std::ops::Range<u64> {
+    if len == 0 {
+        return 0..0;
+    }
+    addr / LOG_PAGE..(addr + len - 1) / LOG_PAGE + 1
 }

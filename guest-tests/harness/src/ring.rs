@@ -86,6 +86,11 @@ impl Ring {
         self.size
     }
 
+    /// Guest address of the used ring.
+    pub fn used_addr(&self) -> u64 {
+        self.used.0
+    }
+
     /// Writes `idx` as the driver's avail index without publishing any
     /// entry, as a buggy or hostile driver would (the ring's own count is
     /// unchanged).

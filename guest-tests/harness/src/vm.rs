@@ -53,7 +53,8 @@ pub enum Nic<'a> {
 pub struct VmSpec<'a> {
     pub name: &'a str,
     pub cpus: usize,
-    /// The `/init` mode: iperf, mq, reconnect or shutdown.
+    /// The `/init` mode: iperf, mq, reconnect, shutdown, server,
+    /// migrate-rx or migrate-tx.
     pub mode: &'a str,
     pub iperf_seconds: u32,
     pub nic: Nic<'a>,
@@ -69,6 +70,18 @@ impl VmSpec<'_> {
     pub const IP: &'static str = GUEST_IP;
     pub const SERVER: &'static str = HOST_IP;
     pub const MAC: &'static str = GUEST_MAC;
+}
+
+/// What a guest needs beyond [`VmSpec`] (live migration).
+#[derive(Clone, Debug, Default)]
+pub struct VmExtra {
+    /// A QMP socket at this path (`-qmp unix:PATH,server=on,wait=off`).
+    pub qmp: Option<PathBuf>,
+    /// `-incoming URI`: this QEMU waits for a migration instead of
+    /// booting.
+    pub incoming: Option<String>,
+    /// More kernel command-line keys for `/init` (`zc.*=...`).
+    pub append: String,
 }
 
 #[derive(Default)]
@@ -88,13 +101,23 @@ pub struct Vm {
 
 impl Vm {
     pub fn boot(spec: &VmSpec) -> Vm {
+        Vm::boot_with(spec, &VmExtra::default())
+    }
+
+    /// [`Vm::boot`] with a QMP socket, an incoming migration or more
+    /// kernel command-line keys.
+    pub fn boot_with(spec: &VmSpec, extra: &VmExtra) -> Vm {
         let image = image();
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr = dir.path().join("qemu.stderr");
-        let append = format!(
+        let mut append = format!(
             "console=ttyS0 quiet panic=-1 zc.mode={} zc.ip={} zc.server={} zc.time={}",
             spec.mode, spec.ip, spec.server, spec.iperf_seconds
         );
+        if !extra.append.is_empty() {
+            append.push(' ');
+            append.push_str(&extra.append);
+        }
         let mac = spec.mac;
         let mut cmd = match spec.nic {
             Nic::QemuTap { ns, .. } | Nic::Dgram { ns, .. } | Nic::Stream { ns, .. } => {
@@ -164,6 +187,13 @@ impl Vm {
                 cmd.arg("-device")
                     .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"));
             }
+        }
+        if let Some(qmp) = &extra.qmp {
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        }
+        if let Some(uri) = &extra.incoming {
+            cmd.args(["-incoming", uri]);
         }
         let mut child = cmd
             .stdin(Stdio::piped())

@@ -4,6 +4,8 @@
 //! own counters checked. `tap` measures the tap workloads, `udp` the UDP
 //! attachment; what they share is here.
 
+pub mod dpdk;
+pub mod stream;
 pub mod tap;
 pub mod udp;
 pub mod vxlan;
@@ -69,6 +71,10 @@ pub enum MeasureError {
          (SO_ZEROCOPY refused? see its log):\n{log}"
     )]
     NothingLent { frames: u64, log: String },
+    #[error("cannot run dpdk-testpmd")]
+    Testpmd(#[source] io::Error),
+    #[error("no frame from dpdk-testpmd reached zcnet in {seconds} s; testpmd's log:\n{log}")]
+    TestpmdSilent { seconds: u64, log: String },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -97,8 +103,20 @@ pub fn window(
     cpu: impl Fn() -> io::Result<f64>,
     feeder_cpu: impl Fn() -> io::Result<f64>,
 ) -> Result<(Reading, Reading), MeasureError> {
+    window_of(timing, || Ok(delivered.read()), offered, cpu, feeder_cpu)
+}
+
+/// [`window`] with the frames and bytes delivered so far read by
+/// `delivered` (e.g. from zcnet's own counters).
+pub fn window_of(
+    timing: Timing,
+    delivered: impl Fn() -> Result<(u64, u64), MeasureError>,
+    offered: &Counters,
+    cpu: impl Fn() -> io::Result<f64>,
+    feeder_cpu: impl Fn() -> io::Result<f64>,
+) -> Result<(Reading, Reading), MeasureError> {
     let read = || -> Result<Reading, MeasureError> {
-        let (frames, bytes) = delivered.read();
+        let (frames, bytes) = delivered()?;
         let at = Instant::now();
         let cpu = cpu().map_err(MeasureError::Cpu)?;
         let (machine_busy, steal) = cpu::machine().map_err(MeasureError::Cpu)?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use zcnet_harness::daemon::{Daemon, ZcnetBin};
 use zcnet_harness::driver::{self, Counters};
 use zcnet_harness::frames::PacketSock;
-use zcnet_harness::guest::{self, FakeGuest, GuestOpts};
+use zcnet_harness::guest::{self, FakeGuest, GuestOpts, HDR_LEN};
 use zcnet_harness::netns::NetNs;
 
 use super::{
@@ -23,22 +23,72 @@ use crate::workload::{Direction, Workload};
 
 /// The tap's name inside each namespace (zcnet's and the raw tap's).
 const TAP: &str = "zb0";
-/// What carries the frames.
+/// zcnet's `--io-engine` for TX on a tap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Uring,
+    Syscall,
+}
+
+impl Engine {
+    pub fn arg(self) -> &'static str {
+        match self {
+            Engine::Uring => "uring",
+            Engine::Syscall => "syscall",
+        }
+    }
+}
+
+/// What carries the frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
-    /// The zcnet daemon, fed by the fake guest over vhost-user.
-    Zcnet,
-    /// The bench's own tap fds: the physical limit.
+    /// The zcnet daemon, fed by the fake guest over vhost-user, with this
+    /// TX engine.
+    Zcnet(Engine),
+    /// The zcnet daemon, fed by DPDK's `virtio_user` (dpdk-testpmd in
+    /// txonly mode), with this TX engine.
+    ZcnetDpdk(Engine),
+    /// The bench's own fds on the same kind of tap: one writev per frame
+    /// (TX) or readv (RX), the limit of one system call per frame.
     Raw,
+    /// The same kind of tap written 64 frames per io_uring_enter on a
+    /// registered fd (TX): the limit of a batched writer.
+    RawUring,
+    /// A plain tap (no vnet header, one queue) written one frame per
+    /// writev (TX).
+    RawPlain,
+}
+
+impl Side {
+    /// A stable name for the JSON and the progress lines.
+    pub fn id(self) -> &'static str {
+        match self {
+            Side::Zcnet(Engine::Uring) => "zcnet-uring",
+            Side::Zcnet(Engine::Syscall) => "zcnet-syscall",
+            Side::ZcnetDpdk(Engine::Uring) => "dpdk-zcnet-uring",
+            Side::ZcnetDpdk(Engine::Syscall) => "dpdk-zcnet-syscall",
+            Side::Raw => "raw",
+            Side::RawUring => "raw-uring",
+            Side::RawPlain => "raw-plain",
+        }
+    }
+
+    /// Whether zcnet carries the frames (else the bench's own fds do).
+    pub fn is_zcnet(self) -> bool {
+        matches!(self, Side::Zcnet(_) | Side::ZcnetDpdk(_))
+    }
 }
 
 impl std::fmt::Display for Side {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Side::Zcnet => "zcnet",
-            Side::Raw => "raw",
-        })
+        f.write_str(self.id())
+    }
+}
+
+impl Serialize for Side {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.id())
     }
 }
 
@@ -58,6 +108,9 @@ pub struct TapSample {
     /// zcnet's own frame counter of each queue pair over the whole run
     /// (warm-up included), from its metrics.
     pub zcnet_queue_frames: Option<Vec<u64>>,
+    /// Which attempt this window is (windows disturbed by other load are
+    /// measured again; the least disturbed is kept).
+    pub attempts: usize,
 }
 
 /// zcnet's CPU time with a connected guest and no traffic.
@@ -70,7 +123,7 @@ pub struct IdleSample {
 
 /// The sample of a window; fails if the frames that arrived were not the
 /// frames sent (RX frames can be segmented on the way).
-fn sample(
+pub(super) fn sample(
     workload: Workload,
     side: Side,
     repetition: usize,
@@ -96,6 +149,7 @@ fn sample(
         offered_frames: (workload.direction() == Direction::Rx).then(|| b.offered - a.offered),
         damaged_frames: None,
         zcnet_queue_frames: None,
+        attempts: 1,
     })
 }
 
@@ -110,9 +164,19 @@ struct ZcnetSetup {
 }
 
 impl ZcnetSetup {
-    fn new(bin: &ZcnetBin, pairs: usize) -> ZcnetSetup {
+    fn new(bin: &ZcnetBin, pairs: usize, engine: Engine) -> ZcnetSetup {
         let ns = NetNs::new();
-        let daemon = Daemon::start(bin, &ns, TAP, &["--queue-pairs", &pairs.to_string()]);
+        let daemon = Daemon::start(
+            bin,
+            &ns,
+            TAP,
+            &[
+                "--queue-pairs",
+                &pairs.to_string(),
+                "--io-engine",
+                engine.arg(),
+            ],
+        );
         // zcnet opens (here: creates) the tap before it listens.
         ns.ip(&["link", "set", TAP, "up"]);
         let opts = GuestOpts {
@@ -125,15 +189,16 @@ impl ZcnetSetup {
     }
 }
 
-/// Runs `workload` through zcnet once.
+/// Runs `workload` through zcnet with `engine` once.
 pub fn zcnet(
     bin: &ZcnetBin,
     workload: Workload,
+    engine: Engine,
     repetition: usize,
     timing: Timing,
 ) -> Result<TapSample, MeasureError> {
     let pairs = workload.pairs();
-    let mut s = ZcnetSetup::new(bin, pairs);
+    let mut s = ZcnetSetup::new(bin, pairs, engine);
     require(
         &s.guest,
         &[
@@ -185,7 +250,7 @@ pub fn zcnet(
         }
     }
     let (a, b) = zcnet_window(timing, &s.daemon, crew, &delivered, &offered)?;
-    let mut sample = sample(workload, Side::Zcnet, repetition, &a, &b)?;
+    let mut sample = sample(workload, Side::Zcnet(engine), repetition, &a, &b)?;
     if workload.direction() == Direction::Rx {
         let (whole, damaged) = (delivered.read().0, damaged.read().0);
         if damaged > whole {
@@ -203,15 +268,22 @@ pub fn zcnet(
     Ok(sample)
 }
 
-/// Runs `workload` on the bench's own tap once.
+/// Runs `workload` on the bench's own tap once, as `side` (one of the raw
+/// sides) says.
 pub fn raw(
     workload: Workload,
+    side: Side,
     repetition: usize,
     timing: Timing,
 ) -> Result<TapSample, MeasureError> {
     let pairs = workload.pairs();
     let ns = NetNs::new();
-    let tap = Arc::new(RawTap::create(&ns, TAP, pairs).map_err(MeasureError::RawTap)?);
+    let tap = if side == Side::RawPlain {
+        RawTap::create_plain(&ns, TAP)
+    } else {
+        RawTap::create(&ns, TAP, pairs)
+    };
+    let tap = Arc::new(tap.map_err(MeasureError::RawTap)?);
     ns.ip(&["link", "set", TAP, "up"]);
     let traffic = workload.traffic();
     let delivered = Arc::new(Counters::default());
@@ -220,14 +292,23 @@ pub fn raw(
     let mut crew = Crew::new();
     match workload.direction() {
         Direction::Tx => {
-            let pool = vec![traffic.with_hdr(); queue_size];
-            let pool = Arc::new(pool);
+            let (packet, hdr_len) = if side == Side::RawPlain {
+                (traffic.frame.clone(), 0)
+            } else {
+                (traffic.with_hdr(), HDR_LEN)
+            };
+            let pool = Arc::new(vec![packet; queue_size]);
             for q in 0..pairs {
                 let (tap, pool, counters) =
                     (Arc::clone(&tap), Arc::clone(&pool), Arc::clone(&delivered));
-                crew.spawn(format!("raw-writer{q}"), Role::Measured, move |stop| {
-                    raw_tap::write_loop(tap.queue(q), &pool, &counters, stop)
-                        .map_err(|e| format!("writev to the tap: {e}"))
+                crew.spawn(format!("{side}-writer{q}"), Role::Measured, move |stop| {
+                    if side == Side::RawUring {
+                        raw_tap::uring_write_loop(tap.queue(q), &pool, &counters, stop)
+                            .map_err(|e| format!("io_uring writes to the tap: {e}"))
+                    } else {
+                        raw_tap::write_loop(tap.queue(q), &pool, hdr_len, &counters, stop)
+                            .map_err(|e| format!("writev to the tap: {e}"))
+                    }
                 });
             }
         }
@@ -248,7 +329,7 @@ pub fn raw(
         || crew.cpu(Role::Feeder),
     )?;
     crew.finish()?;
-    sample(workload, Side::Raw, repetition, &a, &b)
+    sample(workload, side, repetition, &a, &b)
 }
 
 /// The host side of an RX workload: a packet socket on the tap.
@@ -269,7 +350,7 @@ fn spawn_injector(crew: &mut Crew, ns: &NetNs, workload: Workload, offered: &Arc
 /// zcnet with a guest connected, every ring started and RX buffers posted,
 /// and no traffic.
 pub fn idle(bin: &ZcnetBin, repetition: usize, timing: Timing) -> Result<IdleSample, MeasureError> {
-    let mut s = ZcnetSetup::new(bin, 1);
+    let mut s = ZcnetSetup::new(bin, 1, Engine::Uring);
     let queue_size = usize::from(QUEUE_SIZE);
     s.guest.post_rx(0, queue_size, 2048);
     let nothing = Counters::default();

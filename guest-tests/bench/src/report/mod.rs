@@ -20,11 +20,6 @@ use tap::TapRow;
 use udp::UdpSummary;
 use vxlan::VxlanSummary;
 
-/// The line for the workload the bench does not run yet.
-pub const NOT_MEASURED_STREAM: &str = "TX through the TCP stream attachment \
-     (`--stream-connect`, `--stream-listen`): not measured: zcnet-bench drives the tap \
-     and the UDP attachment only";
-
 /// Everything a run measured, as written to `bench.json`.
 #[derive(Serialize)]
 pub struct Run {
@@ -50,7 +45,8 @@ pub struct Run {
     /// The VXLAN attachment to an ifb egress: every window, and by case.
     pub vxlan_samples: Vec<VxlanSample>,
     pub vxlan: VxlanSummary,
-    pub not_measured: Vec<&'static str>,
+    /// What the run could not measure, and why.
+    pub not_measured: Vec<String>,
 }
 
 /// The report printed on stdout.
