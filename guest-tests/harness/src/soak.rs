@@ -161,6 +161,7 @@ pub fn run(bin: &ZcnetBin, cfg: &SoakConfig) -> Vec<PhaseReport> {
         ]);
         let host = UdpHost {
             sock: lab.receiver(),
+            lab: &lab,
         };
         reports.push(
             Phase::new("udp (zero-copy, tbf)", &lab.daemon, &lab.ns, cfg, 30_000, 2)
@@ -179,6 +180,10 @@ trait Host {
     /// Whether the far side's own frames (not the soak's) can reach the
     /// guest.
     fn has_noise(&self) -> bool;
+    /// The kernel's drop counters on the way, for a failure message.
+    fn kernel_counters(&self) -> String {
+        String::new()
+    }
 }
 
 struct TapHost(PacketSock);
@@ -199,11 +204,12 @@ impl Host for TapHost {
     }
 }
 
-struct UdpHost {
+struct UdpHost<'a> {
     sock: UdpSocket,
+    lab: &'a UdpLab,
 }
 
-impl Host for UdpHost {
+impl Host for UdpHost<'_> {
     fn next_tx(&self) -> Vec<u8> {
         let mut buf = vec![0u8; 70_000];
         let n = self
@@ -224,6 +230,10 @@ impl Host for UdpHost {
 
     fn has_noise(&self) -> bool {
         false
+    }
+
+    fn kernel_counters(&self) -> String {
+        self.lab.kernel_counters()
     }
 }
 
@@ -420,15 +430,22 @@ impl<'a> Phase<'a> {
                     self.name
                 );
             }
-            assert!(
-                out == *f,
-                "{}: TX frame {:?} arrived as {} bytes that differ from the {} sent (returned \
-                 early and overwritten, or corrupted)",
-                self.name,
-                frames::tag_of(f),
-                out.len(),
-                f.len()
-            );
+            if out != *f {
+                panic!(
+                    "{}: TX frame {:?} ({} of the round, {} bytes) arrived as {} bytes (tag \
+                     {:?}, {} bytes equal at the start) that differ from it: returned early and \
+                     overwritten, corrupted, or lost\n{}\n{}",
+                    self.name,
+                    frames::tag_of(f),
+                    good.iter().position(|(_, g)| g == f).unwrap_or(0),
+                    f.len(),
+                    out.len(),
+                    frames::tag_of(&out),
+                    out.iter().zip(f.iter()).take_while(|(a, b)| a == b).count(),
+                    Daemon::scrape(self.ns),
+                    host.kernel_counters()
+                );
+            }
         }
         self.report.tx_frames += good.len() as u64;
         self.report.tx_malformed += malformed;
