@@ -8,6 +8,7 @@ use clap::Parser;
 use thiserror::Error;
 
 use crate::lending::ZeroCopyMode;
+use crate::sandbox::SeccompMode;
 
 /// The most queue pairs: one worker thread each, and the vhost-user
 /// worker map holds 64 queues.
@@ -111,6 +112,12 @@ pub struct Args {
     /// chain exactly once (default: the socket's directory).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The seccomp sandbox: each thread may make only the system calls
+    /// its work needs. `enforce` ends the daemon at a call outside the
+    /// list, naming it; `log` allows it and has the kernel log it (audit
+    /// type 1326: dmesg, journalctl -k); `off` installs no filter.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Enforce)]
+    pub seccomp: SeccompMode,
     /// How TX frames reach the tap: `uring` writes each batch (up to 64
     /// frames) with one io_uring_enter, `syscall` one writev per frame
     /// [default: uring if this kernel offers what zcnet needs, checked at
@@ -182,6 +189,8 @@ pub struct Config {
     pub user: Option<String>,
     /// The in-flight ledger's file.
     pub ledger: PathBuf,
+    /// `--seccomp`.
+    pub seccomp: SeccompMode,
     /// `None`: chosen at start-up from what the kernel offers.
     pub io_engine: Option<IoEngine>,
 }
@@ -391,6 +400,7 @@ impl TryFrom<Args> for Config {
             mtu,
             metrics: a.metrics,
             user: a.user,
+            seccomp: a.seccomp,
             io_engine: a.io_engine,
         })
     }
@@ -559,6 +569,25 @@ mod tests {
         assert_eq!(c.mac, args(&[]).unwrap().mac);
         assert_eq!(&c.mac[..3], &[0x52, 0x54, 0x00]);
         assert_eq!(c.mtu, None);
+        assert_eq!(c.seccomp, SeccompMode::Enforce);
+    }
+
+    #[test]
+    fn seccomp_modes() {
+        assert_eq!(
+            args(&["--seccomp", "log"]).unwrap().seccomp,
+            SeccompMode::Log
+        );
+        assert_eq!(
+            args(&["--seccomp", "off"]).unwrap().seccomp,
+            SeccompMode::Off
+        );
+        assert_eq!(
+            args(&["--seccomp", "enforce"]).unwrap().seccomp,
+            SeccompMode::Enforce
+        );
+        let err = args(&["--seccomp", "strict"]).unwrap_err();
+        assert!(err.contains("enforce, log, off"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use thiserror::Error;
 use vmm_sys_util::epoll::EventSet;
 
+use crate::sandbox::{self, Kind};
 use crate::socket_path::Claim;
 
 #[derive(Debug, Error)]
@@ -103,9 +104,12 @@ impl Control {
         })));
         thread::Builder::new()
             .name("zcnet-control".to_owned())
-            .spawn(move || loop {
-                if let Err(e) = manager.run() {
-                    error!("control loop: {e}");
+            .spawn(move || {
+                sandbox::enter(Kind::Control);
+                loop {
+                    if let Err(e) = manager.run() {
+                        error!("control loop: {e}");
+                    }
                 }
             })
             .map_err(ControlError::Thread)?;

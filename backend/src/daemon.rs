@@ -32,6 +32,7 @@ use crate::metrics::{self, Metrics, ServeError};
 use crate::migration::Migration;
 use crate::net_intercept::NetIntercept;
 use crate::privileges::{self, PrivilegeError};
+use crate::sandbox::{self, SandboxError};
 use crate::socket_path::{self, Claim, SocketPathError};
 
 #[derive(Debug, Error)]
@@ -71,6 +72,12 @@ pub enum DaemonError {
     Register(#[source] std::io::Error),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("cannot ask the request handler for GET_FEATURES (which installs its seccomp filter)")]
+    PrimeHandler(#[source] crate::vhost_message::MessageError),
+    #[error("the request handler answered zcnet's GET_FEATURES with {0}")]
+    PrimeReply(String),
 }
 
 /// vhost-user-backend's error, which lacks `std::error::Error`.
@@ -85,8 +92,10 @@ pub struct BackendError(vhost_user_backend::Error);
 /// is checked (a live daemon there means refusing to start, before the
 /// tap is touched), the attachments, the metrics listener and the
 /// vhost-user listener are opened, and with `--user` zcnet becomes that
-/// user. Only then does any other thread start (see [`crate::privileges`]).
+/// user. Only then does any other thread start (see [`crate::privileges`]),
+/// each under its seccomp filter (see [`crate::sandbox`]).
 pub fn run(config: Config) -> Result<(), DaemonError> {
+    sandbox::init(config.seccomp)?;
     let control = control::prepare()?;
     let user = config.user.as_deref().map(privileges::lookup).transpose()?;
     socket_path::check_free(&config.socket_path)?;
@@ -121,6 +130,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(user) = &user {
         user.switch()?;
     }
+    sandbox::lock_down_main()?;
     control.start()?;
     if let Some(l) = metrics_listener {
         metrics::serve(l, metrics.clone())?;
@@ -390,7 +400,7 @@ pub(crate) fn serve_connection(
         .map_err(DaemonError::Device)?,
     );
     let migration = Migration::new(device.dirty_log(), mem.clone(), device.clone());
-    let mut daemon = VhostUserDaemon::new("zcnet-vhost-user".to_owned(), device.clone(), mem)
+    let mut daemon = VhostUserDaemon::new(sandbox::HANDLER_THREAD.to_owned(), device.clone(), mem)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
     let front = accept()?;
     // The handler gets the far end of a private connection; the relay
@@ -400,6 +410,7 @@ pub(crate) fn serve_connection(
         .start(&mut private)
         .map_err(|e| DaemonError::Vhost(BackendError(e)))?;
     drop(private);
+    prime_handler(&back)?;
     let intercept = Arc::new(
         NetIntercept::new(device.queue_pairs(), spec.queue_size, device.clone())
             .with_inflight(session)
@@ -429,6 +440,35 @@ pub(crate) fn serve_connection(
     drop(daemon);
     device.close_leaked_exit_events();
     Ok(device.take_attachments())
+}
+
+/// Sends the handler a GET_FEATURES of zcnet's own and drops the reply,
+/// before any request of the frontend: `NetDevice::features` installs the
+/// frontend seccomp filter on the handler's thread (see [`crate::sandbox`]),
+/// so the handler serves the frontend under it from its first request.
+fn prime_handler(back: &UnixStream) -> Result<(), DaemonError> {
+    use vhost::vhost_user::message::{FrontendReq, VhostUserHeaderFlag};
+
+    use crate::vhost_message::Message;
+
+    // VERSION_1 of the header flags, which every request carries.
+    let request = Message::new(
+        FrontendReq::GET_FEATURES,
+        VhostUserHeaderFlag::from_bits_retain(0x1),
+        Vec::new(),
+        Vec::new(),
+    );
+    request.write_to(back).map_err(DaemonError::PrimeHandler)?;
+    match Message::read_from(back).map_err(DaemonError::PrimeHandler)? {
+        Some(reply) if reply.request() == Some(FrontendReq::GET_FEATURES) => Ok(()),
+        Some(reply) => Err(DaemonError::PrimeReply(format!(
+            "a reply to {}",
+            reply.code()
+        ))),
+        None => Err(DaemonError::PrimeReply(
+            "no reply: it closed the connection".to_owned(),
+        )),
+    }
 }
 
 /// Waits for the next frontend on the public socket.

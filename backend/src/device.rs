@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::migration::MigrationDevice;
 use crate::net_intercept::DeviceEvents;
 use crate::queue_pair::{PairEvent, QueuePair};
+use crate::sandbox::{self, Kind};
 
 /// What the device is, independent of any connection.
 #[derive(Clone, Debug)]
@@ -184,6 +185,10 @@ impl VhostUserBackend for NetDevice {
     }
 
     fn features(&self) -> u64 {
+        // The first request the handler serves is the daemon's own
+        // GET_FEATURES, so this installs its filter before any of the
+        // frontend's (see `crate::sandbox`).
+        sandbox::enter_if_named(sandbox::HANDLER_THREAD, Kind::Frontend);
         self.offered
     }
 
@@ -277,6 +282,9 @@ impl VhostUserBackend for NetDevice {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        // This thread is a queue pair's worker, started by
+        // vhost-user-backend: its first event installs its filter.
+        sandbox::enter(Kind::Worker);
         let (Some(pair), [rx, tx]) = (self.pairs.get(thread_id), vrings) else {
             warn!("event {device_event} for unknown worker {thread_id}");
             return Ok(());

@@ -102,6 +102,7 @@ use vhost::vhost_user::message::{FrontendReq, VhostUserProtocolFeatures, VhostUs
 
 use crate::error_chain;
 use crate::intercept::{Intercept, Verdict};
+use crate::sandbox::{self, Kind};
 use crate::vhost_message::{Message, MessageError};
 
 #[derive(Debug, Error)]
@@ -138,6 +139,7 @@ pub fn start(
     let to_handler = thread::Builder::new()
         .name("zcnet-relay-req".to_owned())
         .spawn(move || {
+            sandbox::enter(Kind::Frontend);
             let result = requests.run();
             let _ = requests.back.shutdown(Shutdown::Both);
             match result {
@@ -153,6 +155,7 @@ pub fn start(
     let to_frontend = thread::Builder::new()
         .name("zcnet-relay-reply".to_owned())
         .spawn(move || {
+            sandbox::enter(Kind::Frontend);
             let result = replies(&back_reader, &to_front);
             let _ = lock(&to_front).shutdown(Shutdown::Both);
             if let Err(e) = result {

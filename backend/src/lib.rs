@@ -36,6 +36,7 @@ mod queue_pair;
 mod request_checks;
 mod ring;
 mod rx;
+pub mod sandbox;
 mod socket_path;
 #[cfg(test)]
 mod testing;

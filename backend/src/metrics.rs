@@ -4,7 +4,6 @@
 //! Counters belong to the daemon, not to a connection, so they keep
 //! counting across frontend reconnects.
 
-use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread;
@@ -20,6 +19,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use thiserror::Error;
 use zcnet_tap::vxlan::{VxlanMetrics, VxlanSnapshot};
+
+use crate::sandbox::{self, Kind};
 
 type Labels = Vec<(String, String)>;
 
@@ -372,22 +373,25 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 }
 
 /// Serves `GET /metrics` on `listener` (from [`bind`]) from a thread of
-/// its own.
+/// its own. The thread builds the HTTP server after installing its
+/// seccomp filter, so the server's own threads inherit it.
 pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> Result<SocketAddr, ServeError> {
-    let addr = listener.local_addr().map_err(|e| ServeError {
+    let bound = listener.local_addr().map_err(|e| ServeError {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source: Box::new(e),
-    })?;
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|source| ServeError { addr, source })?;
-    let bound = server.server_addr().to_ip().ok_or_else(|| ServeError {
-        addr,
-        source: Box::new(io::Error::other("not an IP listener")),
     })?;
     info!("serving metrics on http://{bound}/metrics");
     thread::Builder::new()
         .name("zcnet-metrics".to_owned())
         .spawn(move || {
+            sandbox::enter(Kind::Metrics);
+            let server = match tiny_http::Server::from_listener(listener, None) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!("metrics: cannot serve on {bound}: {e}");
+                    return;
+                }
+            };
             for request in server.incoming_requests() {
                 let response = if request.url() == "/metrics" || request.url() == "/" {
                     let header = tiny_http::Header::from_bytes(
@@ -407,7 +411,7 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> Result<SocketAddr,
             error!("metrics server stopped");
         })
         .map_err(|e| ServeError {
-            addr,
+            addr: bound,
             source: Box::new(e),
         })?;
     Ok(bound)

@@ -32,6 +32,9 @@ use crate::tx::{self, TxState};
 /// Event ids past the queues and the exit event (`num_queues`).
 const ATTACHMENT_EVENT: u64 = 1;
 const RX_RESUME_EVENT: u64 = 2;
+/// Written once when the pair is registered, so the worker's first event
+/// (which installs its seccomp filter) comes at once, even on an idle pair.
+const SANDBOX_EVENT: u64 = 3;
 
 /// What woke the pair's worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +43,8 @@ pub enum PairEvent {
     TxKick,
     Attachment(EventSet),
     RxResume,
+    /// The wake-up of [`SANDBOX_EVENT`].
+    Sandbox,
 }
 
 impl PairEvent {
@@ -51,6 +56,7 @@ impl PairEvent {
             1 => Some(PairEvent::TxKick),
             id if id == num_queues as u64 + ATTACHMENT_EVENT => Some(PairEvent::Attachment(evset)),
             id if id == num_queues as u64 + RX_RESUME_EVENT => Some(PairEvent::RxResume),
+            id if id == num_queues as u64 + SANDBOX_EVENT => Some(PairEvent::Sandbox),
             _ => None,
         }
     }
@@ -82,6 +88,8 @@ pub struct QueuePair {
     metrics: QueueMetrics,
     /// Wakes the worker again when RX stopped on its budget.
     rx_resume: EventFd,
+    /// Wakes the worker once at registration (see [`SANDBOX_EVENT`]).
+    sandbox_wake: EventFd,
     /// How long GET_VRING_BASE waits for lent chains.
     drain: Duration,
     /// Where the pair's rings keep their in-flight records.
@@ -105,6 +113,7 @@ impl QueuePair {
             attachment_fd: attachment.fd().as_raw_fd(),
             metrics,
             rx_resume: EventFd::new(EFD_NONBLOCK)?,
+            sandbox_wake: EventFd::new(EFD_NONBLOCK)?,
             drain,
             inflight,
             // Never logging until the device gives its own (set_dirty_log).
@@ -233,7 +242,13 @@ impl QueuePair {
             self.rx_resume.as_raw_fd(),
             EventSet::IN,
             base + RX_RESUME_EVENT,
-        )
+        )?;
+        worker.register_listener(
+            self.sandbox_wake.as_raw_fd(),
+            EventSet::IN,
+            base + SANDBOX_EVENT,
+        )?;
+        self.sandbox_wake.write(1)
     }
 
     /// Removes what [`register`](Self::register) added.
@@ -252,6 +267,11 @@ impl QueuePair {
             self.rx_resume.as_raw_fd(),
             EventSet::IN,
             base + RX_RESUME_EVENT,
+        );
+        let _ = worker.unregister_listener(
+            self.sandbox_wake.as_raw_fd(),
+            EventSet::IN,
+            base + SANDBOX_EVENT,
         );
     }
 
@@ -294,6 +314,12 @@ impl QueuePair {
     /// Handles one event. Guest mistakes are counted and logged; they never
     /// stop the worker.
     pub fn handle(&self, event: PairEvent, rx_vring: &Vring, tx_vring: &Vring, mem: &Mem) {
+        if event == PairEvent::Sandbox {
+            // The filter is on (`NetDevice::handle_event`); nothing else
+            // to do.
+            let _ = self.sandbox_wake.read();
+            return;
+        }
         let mut guard = self.lock();
         let st = &mut *guard;
         if st.tx_vring.is_none() {
@@ -325,6 +351,8 @@ impl QueuePair {
                 let _ = self.rx_resume.read();
                 run_rx = true;
             }
+            // Handled above.
+            PairEvent::Sandbox => {}
             PairEvent::Attachment(evset) => {
                 // Zero-copy notifications raise EPOLLERR. An attachment
                 // whose fd stands for others (an epoll set) says itself

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use zcnet_harness::daemon::{Daemon, ZcnetBin};
 use zcnet_harness::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
-use zcnet_harness::guest::{FakeGuest, GuestOpts, HDR_LEN, HOST_TSO6, MEM_SIZE};
-use zcnet_harness::ring::{Desc, F_INDIRECT, F_NEXT};
+use zcnet_harness::guest::{FakeGuest, GuestOpts, HDR_LEN, HOST_TSO6};
+use zcnet_harness::malformed::{Malformed, SCRATCH_LEN};
+use zcnet_harness::ring::Desc;
 use zcnet_harness::setup::{Setup, TAP};
 
 /// The zcnet that Cargo built for these tests.
@@ -18,13 +19,11 @@ fn zcnet() -> ZcnetBin {
 const BAD_TAG: u32 = 0xbad;
 const GOOD_TAG: u32 = 0x600d;
 
-/// A TX frame with the bad tag, with header, written into guest memory.
-fn bad_bytes(g: &mut FakeGuest, len: usize) -> (u64, usize) {
-    let mut bytes = frames::plain_hdr().to_vec();
-    bytes.extend(frames::test_frame(len, BAD_TAG, HOST_MAC, GUEST_MAC));
-    let addr = g.alloc(bytes.len());
-    g.write(addr, &bytes);
-    (addr, bytes.len())
+/// Queues one malformed TX chain (the harness's builders, shared with
+/// the soak) and returns its head.
+fn malformed(g: &mut FakeGuest, kind: Malformed) -> u16 {
+    let scratch = g.alloc(SCRATCH_LEN);
+    kind.queue(g, 0, scratch, BAD_TAG)
 }
 
 /// Runs `bad` to queue one malformed TX chain (returning its head), then
@@ -73,131 +72,49 @@ fn tx_case(opts: GuestOpts, bad: impl FnOnce(&mut FakeGuest) -> u16) {
 #[test]
 fn descriptor_outside_guest_memory() {
     tx_case(GuestOpts::default(), |g| {
-        let ring = g.tx(0);
-        let head = ring.add_chain(&[Desc {
-            addr: MEM_SIZE + 0x1000,
-            len: 100,
-            write: false,
-        }]);
-        ring.publish(head);
-        head
+        malformed(g, Malformed::OutsideMemory)
     });
 }
 
 #[test]
 fn descriptor_in_the_memory_hole() {
-    tx_case(GuestOpts::default(), |g| {
-        let ring = g.tx(0);
-        let head = ring.add_chain(&[Desc {
-            addr: 0xa0000 + 0x100,
-            len: 100,
-            write: false,
-        }]);
-        ring.publish(head);
-        head
-    });
+    tx_case(GuestOpts::default(), |g| malformed(g, Malformed::InTheHole));
 }
 
 #[test]
 fn descriptor_crossing_the_end_of_memory() {
     tx_case(GuestOpts::default(), |g| {
-        let ring = g.tx(0);
-        let head = ring.add_chain(&[Desc {
-            addr: MEM_SIZE - 50,
-            len: 100,
-            write: false,
-        }]);
-        ring.publish(head);
-        head
+        malformed(g, Malformed::CrossingTheEnd)
     });
 }
 
 #[test]
 fn write_only_descriptor_on_tx() {
-    tx_case(GuestOpts::default(), |g| {
-        let (addr, len) = bad_bytes(g, 100);
-        let ring = g.tx(0);
-        let head = ring.add_chain(&[
-            Desc {
-                addr,
-                len: len as u32 - 20,
-                write: false,
-            },
-            Desc {
-                addr: addr + len as u64 - 20,
-                len: 20,
-                write: true,
-            },
-        ]);
-        ring.publish(head);
-        head
-    });
+    tx_case(GuestOpts::default(), |g| malformed(g, Malformed::WriteOnly));
 }
 
 #[test]
 fn descriptor_loop_longer_than_the_queue() {
     tx_case(GuestOpts::default(), |g| {
-        let (addr, _) = bad_bytes(g, 100);
-        let ring = g.tx(0);
-        let (a, b) = (ring.take_slot(), ring.take_slot());
-        ring.write_desc(a, addr, 60, F_NEXT, b);
-        ring.write_desc(b, addr, 60, F_NEXT, a);
-        ring.own(a, vec![a, b]);
-        ring.publish(a);
-        a
+        malformed(g, Malformed::DescriptorLoop)
     });
 }
 
 #[test]
 fn indirect_table_that_loops() {
     tx_case(GuestOpts::default(), |g| {
-        let (addr, _) = bad_bytes(g, 100);
-        let table = g.alloc(32);
-        let mut raw = Vec::new();
-        for next in [1u16, 0] {
-            raw.extend_from_slice(&addr.to_le_bytes());
-            raw.extend_from_slice(&60u32.to_le_bytes());
-            raw.extend_from_slice(&F_NEXT.to_le_bytes());
-            raw.extend_from_slice(&next.to_le_bytes());
-        }
-        g.write(table, &raw);
-        let ring = g.tx(0);
-        let head = ring.take_slot();
-        ring.write_desc(head, table, 32, F_INDIRECT, 0);
-        ring.own(head, vec![head]);
-        ring.publish(head);
-        head
+        malformed(g, Malformed::IndirectLoop)
     });
 }
 
 #[test]
 fn frame_over_64_kib() {
-    tx_case(GuestOpts::default(), |g| {
-        let (addr, len) = bad_bytes(g, 70_000);
-        let ring = g.tx(0);
-        let head = ring.add_chain(&[Desc {
-            addr,
-            len: len as u32,
-            write: false,
-        }]);
-        ring.publish(head);
-        head
-    });
+    tx_case(GuestOpts::default(), |g| malformed(g, Malformed::Over64KiB));
 }
 
 #[test]
 fn chain_shorter_than_header_and_ethernet() {
-    tx_case(GuestOpts::default(), |g| {
-        let addr = g.alloc(16);
-        let ring = g.tx(0);
-        let head = ring.add_chain(&[Desc {
-            addr,
-            len: 16,
-            write: false,
-        }]);
-        ring.publish(head);
-        head
-    });
+    tx_case(GuestOpts::default(), |g| malformed(g, Malformed::TooShort));
 }
 
 fn lying_header(g: &mut FakeGuest, hdr: [u8; HDR_LEN]) -> u16 {
@@ -208,10 +125,7 @@ fn lying_header(g: &mut FakeGuest, hdr: [u8; HDR_LEN]) -> u16 {
 #[test]
 fn gso_header_with_zero_mss() {
     tx_case(GuestOpts::default(), |g| {
-        let (gso, _) = frames::tcp4_frame(2000, 1448, 1, HOST_MAC, GUEST_MAC);
-        let mut hdr = frames::v1_hdr(&gso.hdr);
-        hdr[4..6].copy_from_slice(&0u16.to_le_bytes());
-        lying_header(g, hdr)
+        malformed(g, Malformed::GsoZeroMss)
     });
 }
 
@@ -232,11 +146,7 @@ fn gso_type_the_guest_did_not_negotiate() {
 #[test]
 fn checksum_offset_outside_the_frame() {
     tx_case(GuestOpts::default(), |g| {
-        let mut hdr = [0u8; HDR_LEN];
-        hdr[0] = 1; // NEEDS_CSUM
-        hdr[6..8].copy_from_slice(&5000u16.to_le_bytes());
-        hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
-        lying_header(g, hdr)
+        malformed(g, Malformed::CsumOutsideFrame)
     });
 }
 

@@ -18,6 +18,7 @@ use zcnet_harness::ring::Used;
 use zcnet_harness::stream_lab::{
     self, accept, read_record, reset, write_record, Role, StreamLab, WAIT,
 };
+use zcnet_harness::vhost::VhostBackend;
 
 /// The zcnet that Cargo built for these tests.
 fn zcnet() -> ZcnetBin {
@@ -195,6 +196,32 @@ fn lent_frames_are_held_until_tcp_has_them_acknowledged() {
     assert_eq!(metric(&m, "zcnet_tx_lent_chains"), 0);
     assert_eq!(metric(&m, "zcnet_tx_lent_chains_max"), 4);
     assert!(g.tx(0).take_used().is_empty(), "no chain returned twice");
+}
+
+/// GET_VRING_BASE drains lent chains on the frontend's thread, which runs
+/// the stream's own servicing there (its epoll, timers, reconnects): the
+/// daemon, under its default `--seccomp enforce`, must survive it.
+#[test]
+fn get_vring_base_drains_a_stream_under_the_default_seccomp_filters() {
+    let (mut lab, listener) = StreamLab::new(
+        &zcnet(),
+        Role::Connect,
+        &[
+            "--zerocopy",
+            "on",
+            "--zerocopy-min-bytes",
+            "1000",
+            "--zerocopy-drain-ms",
+            "300",
+        ],
+    );
+    let mut g = FakeGuest::connect(&lab.daemon.socket, &GuestOpts::default());
+    let _peer = peer_of(&lab, listener);
+    lend_four_held_frames(&lab, &mut g);
+    g.frontend.get_vring_base(1).expect("GET_VRING_BASE");
+    g.sync();
+    assert!(lab.daemon.is_running(), "{}", lab.daemon.log_text());
+    lab.daemon.wait_log("still lent after");
 }
 
 #[test]

@@ -187,6 +187,34 @@ impl FakeGuest {
         self.sync();
     }
 
+    /// Stops every ring as a frontend does before it disconnects
+    /// (GET_VRING_BASE, which the device answers once it has returned
+    /// every chain it can) and returns the bases, in queue order.
+    pub fn stop_rings(&mut self) -> Vec<u16> {
+        (0..self.rings.len())
+            .map(|q| {
+                let base = self.frontend.get_vring_base(q).expect("GET_VRING_BASE");
+                u16::try_from(base).expect("a 16-bit ring base")
+            })
+            .collect()
+    }
+
+    /// A clean reconnect after [`stop_rings`](Self::stop_rings): a new
+    /// connection, same memory and features, every ring handed over where
+    /// it is at the base the device gave.
+    pub fn reconnect_at(&mut self, socket: &Path, bases: &[u16]) {
+        self.rejoin(socket);
+        for (q, &base) in bases.iter().enumerate() {
+            self.restart_ring(q, base);
+        }
+        self.sync();
+    }
+
+    /// Bytes of guest memory (from address 0, the hole included).
+    pub fn mem_size(&self) -> u64 {
+        self.mem_size
+    }
+
     /// Like [`reconnect`](Self::reconnect), but the driver was reset
     /// meanwhile: every ring is laid out anew and empty (at other
     /// addresses if `moved`, otherwise in place) and handed over at 0.

@@ -91,6 +91,21 @@ impl UdpLab {
         self.ns.exec(&v);
     }
 
+    /// The kernel's drop counters on the path (zcnet's qdisc and veth,
+    /// the peer's veth and UDP counters), for a failure message.
+    pub fn kernel_counters(&self) -> String {
+        let text =
+            |ns: &NetNs, args: &[&str]| String::from_utf8_lossy(&ns.exec(args).stdout).into_owned();
+        let mut out = text(&self.ns, &["tc", "-s", "qdisc", "show", "dev", "va"]);
+        out += &text(&self.ns, &["ip", "-s", "-s", "link", "show", "va"]);
+        if let Some(peer) = &self.peer {
+            out += &text(peer, &["ip", "-s", "-s", "link", "show", "vb"]);
+            out += &text(peer, &["cat", "/proc/net/snmp"]);
+        }
+        out += &text(&self.ns, &["cat", "/proc/net/softnet_stat"]);
+        out
+    }
+
     /// Waits (bounded) until a queue-0 counter reaches `value`.
     pub fn wait_metric(&self, metric: &str, value: u64) -> String {
         Daemon::wait_metric(&self.ns, metric, value)
