@@ -99,18 +99,25 @@ fn local_delivery_is_reported_copied_and_auto_backs_off_to_copying() {
     let rx = lab.receiver();
     let mut g = connect(&lab);
     let sent: Vec<Vec<u8>> = (0..100).map(|t| frame(20_000, t)).collect();
-    // Phase 1 is lent; the kernel answers COPIED (local delivery), so in
-    // phase 2 `auto` copies instead.
-    for phase in [&sent[..40], &sent[40..]] {
-        let heads: HashSet<u16> = phase.iter().map(|f| queue(&mut g, f)).collect();
+    // Phase 1 is lent until zcnet has seen a streak of COPIED (local
+    // delivery): how many that is depends on when the notifications are
+    // reaped, but never fewer than a streak. In phase 2, once every
+    // notification of phase 1 is in, `auto` copies every frame.
+    let mut lent_in_phase_1 = 0;
+    for (phase, frames) in [&sent[..40], &sent[40..]].into_iter().enumerate() {
+        let heads: HashSet<u16> = frames.iter().map(|f| queue(&mut g, f)).collect();
         g.tx(0).kick();
-        let used = g.wait_tx_used(0, phase.len());
+        let used = g.wait_tx_used(0, frames.len());
         assert_eq!(
             used.iter().map(|u| u.id).collect::<HashSet<_>>(),
             heads,
             "every chain returned exactly once"
         );
-        lab.wait_metric("zcnet_tx_zerocopy_completed_total", 40);
+        let lent = metric(&Daemon::scrape(&lab.ns), "zcnet_tx_zerocopy_sends_total");
+        lab.wait_metric("zcnet_tx_zerocopy_completed_total", lent);
+        if phase == 0 {
+            lent_in_phase_1 = lent;
+        }
     }
     let mut buf = vec![0u8; 70_000];
     for (i, f) in sent.iter().enumerate() {
@@ -118,16 +125,24 @@ fn local_delivery_is_reported_copied_and_auto_backs_off_to_copying() {
         assert_eq!(&buf[..n], &f[..], "frame {i} altered or out of order");
     }
     let m = Daemon::scrape(&lab.ns);
+    let lent = metric(&m, "zcnet_tx_zerocopy_sends_total");
     assert_eq!(metric(&m, "zcnet_tx_frames_total"), 100);
-    assert_eq!(metric(&m, "zcnet_tx_zerocopy_sends_total"), 40);
+    assert!(
+        (16..=40).contains(&lent_in_phase_1),
+        "{lent_in_phase_1} frames lent before the back-off: at least a streak (16), at most phase 1"
+    );
+    assert_eq!(
+        lent, lent_in_phase_1,
+        "phase 2 lent nothing: auto backed off"
+    );
     assert_eq!(
         metric(&m, "zcnet_tx_zerocopy_copied_total"),
-        40,
+        lent,
         "local delivery copies every lent frame"
     );
     assert_eq!(
         metric(&m, "zcnet_tx_copy_fallbacks_total"),
-        60,
+        100 - lent,
         "auto mode copies after a streak of COPIED"
     );
     assert!(lab
@@ -175,7 +190,9 @@ fn a_lent_chain_is_not_used_before_the_kernel_releases_its_pages() {
     );
     let m = lab.wait_metric("zcnet_tx_zerocopy_completed_total", 4);
     assert_eq!(metric(&m, "zcnet_tx_lent_chains"), 0);
-    assert_eq!(metric(&m, "zcnet_tx_lent_chains_max"), 4);
+    // The three held at once (the first may be released before the last
+    // is lent).
+    assert!(metric(&m, "zcnet_tx_lent_chains_max") >= 3);
 }
 
 #[test]
