@@ -13,7 +13,6 @@
 use std::fs::File;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
@@ -21,8 +20,9 @@ use nix::sys::socket::{recv, sendmsg, ControlMessage, MsgFlags};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 use zcnet_harness::daemon::{Daemon, ZcnetBin};
-use zcnet_harness::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
+use zcnet_harness::frames::PacketSock;
 use zcnet_harness::guest::{FakeGuest, GuestOpts, MEM_SIZE};
+use zcnet_harness::roundtrip::tx_roundtrip;
 use zcnet_harness::setup::{Setup, TAP};
 use zcnet_harness::vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 use zcnet_harness::vhost::vhost_user::VhostUserFrontend;
@@ -33,27 +33,12 @@ fn zcnet() -> ZcnetBin {
     ZcnetBin::at(env!("CARGO_BIN_EXE_zcnet"))
 }
 
-const WAIT: Duration = Duration::from_secs(20);
-
 const SET_FEATURES: u32 = 2;
 const SET_MEM_TABLE: u32 = 5;
 const SET_VRING_BASE: u32 = 10;
 const SET_VRING_KICK: u32 = 12;
 const GET_FEATURES: u32 = 1;
 const NEED_REPLY: u32 = 0x1 | 0x8;
-
-/// Sends one tagged frame from the guest and checks it leaves the tap.
-fn tx_roundtrip(g: &mut FakeGuest, host: &PacketSock, tag: u32) {
-    let f = frames::test_frame(300, tag, HOST_MAC, GUEST_MAC);
-    let head = g.queue_tx(0, &frames::plain_hdr(), &f, 1);
-    g.tx(0).kick();
-    let used = g.wait_tx_used(0, 1);
-    assert_eq!(used[0].id, head);
-    let got = host
-        .recv_matching(WAIT, |x| frames::tag_of(&x[PACKET_HDR_LEN..]) == Some(tag))
-        .unwrap_or_else(|| panic!("frame {tag} did not leave the tap"));
-    assert_eq!(&got[PACKET_HDR_LEN..], &f[..]);
-}
 
 /// A frontend that asks for a reply to every request, on a one-pair
 /// zcnet it believes has two pairs.

@@ -10,9 +10,10 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use zcnet_harness::daemon::ZcnetBin;
-use zcnet_harness::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
+use zcnet_harness::frames::{self, PacketSock, GUEST_MAC, HOST_MAC};
 use zcnet_harness::guest::*;
 use zcnet_harness::ring::Desc;
+use zcnet_harness::roundtrip::tx_roundtrip;
 use zcnet_harness::setup::{Setup, TAP};
 use zcnet_harness::vhost::vhost_user::message::VhostUserProtocolFeatures;
 use zcnet_harness::vhost::VhostBackend;
@@ -306,18 +307,6 @@ fn bad_logs_get_an_error_reply_and_the_daemon_keeps_serving() {
     tx_roundtrip(&mut g, &host, 8);
     assert!(!good.marked().is_empty(), "the good log is the one in use");
     assert!(short.marked().is_empty(), "a refused log is never written");
-}
-
-fn tx_roundtrip(g: &mut FakeGuest, host: &PacketSock, tag: u32) {
-    let f = frames::test_frame(300, tag, HOST_MAC, GUEST_MAC);
-    let head = g.queue_tx(0, &frames::plain_hdr(), &f, 1);
-    g.tx(0).kick();
-    let used = g.wait_tx_used(0, 1);
-    assert_eq!(used[0].id, head);
-    let got = host
-        .recv_matching(WAIT, |x| frames::tag_of(&x[PACKET_HDR_LEN..]) == Some(tag))
-        .unwrap_or_else(|| panic!("frame {tag} did not leave the tap"));
-    assert_eq!(&got[PACKET_HDR_LEN..], &f[..]);
 }
 
 #[test]

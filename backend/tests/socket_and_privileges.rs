@@ -10,44 +10,19 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::User;
 use zcnet_harness::daemon::{Daemon, Launch, ZcnetBin};
-use zcnet_harness::frames::{self, PacketSock, GUEST_MAC, HOST_MAC, PACKET_HDR_LEN};
-use zcnet_harness::guest::{FakeGuest, GuestOpts, HDR_LEN};
+use zcnet_harness::frames::PacketSock;
+use zcnet_harness::guest::{FakeGuest, GuestOpts};
 use zcnet_harness::netns::NetNs;
+use zcnet_harness::roundtrip::{rx_roundtrip, tx_roundtrip};
 use zcnet_harness::setup::{Setup, TAP};
 
 /// The zcnet that Cargo built for these tests.
 fn zcnet() -> ZcnetBin {
     ZcnetBin::at(env!("CARGO_BIN_EXE_zcnet"))
-}
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// Sends one tagged frame from the guest and checks it leaves the tap.
-fn tx_roundtrip(g: &mut FakeGuest, host: &PacketSock, tag: u32) {
-    let f = frames::test_frame(300, tag, HOST_MAC, GUEST_MAC);
-    let head = g.queue_tx(0, &frames::plain_hdr(), &f, 1);
-    g.tx(0).kick();
-    let used = g.wait_tx_used(0, 1);
-    assert_eq!(used[0].id, head);
-    let got = host
-        .recv_matching(WAIT, |x| frames::tag_of(&x[PACKET_HDR_LEN..]) == Some(tag))
-        .unwrap_or_else(|| panic!("frame {tag} did not leave the tap"));
-    assert_eq!(&got[PACKET_HDR_LEN..], &f[..]);
-}
-
-/// Sends one tagged frame into the tap and checks the guest gets it.
-fn rx_roundtrip(g: &mut FakeGuest, raw: &PacketSock, tag: u32) {
-    let bufs = g.post_rx(0, 1, 2048);
-    let f = frames::test_frame(90, tag, GUEST_MAC, HOST_MAC);
-    raw.send(&f);
-    let used = g.wait_rx_used(0, 1);
-    assert_eq!(used[0].id, bufs[0].0);
-    assert_eq!(&g.read(bufs[0].1 + HDR_LEN as u64, f.len()), &f);
 }
 
 /// A frontend connects to `socket` and moves a frame through `TAP` in `ns`.

@@ -1,69 +1,27 @@
 //! No attachment allocates per frame (issue 8): after a warm-up, thousands
 //! of frames go through the tap (frame by frame, and in io_uring batches)
 //! and the UDP attachment, both ways, copied and lent, with zero heap
-//! allocations on the sending and receiving thread. A counting global allocator (this test binary only) counts the
-//! allocations made on the current thread while counting is on.
+//! allocations on the sending and receiving thread. A counting global
+//! allocator (this test binary's only) counts what the current thread
+//! allocates.
 //!
 //! Needs root (a tap in a private network namespace).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::thread;
 
 use arrayvec::ArrayVec;
+use zcnet_harness::alloc::{allocations, CountingAlloc};
 use zcnet_tap::vnet_hdr::{VnetHdr, HDR_LEN_V1};
 use zcnet_tap::{
     Attachment, Completion, GuestConfig, IoEngine, Offloads, RxBuffers, SendMode, Sent, Tap,
     TxFrame, UdpAttachment, MAX_BATCH,
 };
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the
-// thread-locals touched are const-initialised Cells without destructors,
-// so reading them allocates nothing and cannot recurse.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.with(|a| a.set(a.get() + 1));
-        }
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above, i.e. from System.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.with(|a| a.set(a.get() + 1));
-        }
-        // SAFETY: `ptr` came from System with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations `f` made on this thread.
-fn allocations(f: impl FnOnce()) -> u64 {
-    ALLOCS.with(|a| a.set(0));
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCS.with(Cell::get)
-}
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 const FRAMES: usize = 2000;
 
@@ -207,6 +165,12 @@ fn udp_sends_and_receives_without_allocating() {
 }
 
 const ETH_P_ALL: u16 = 0x0003;
+
+/// The zeros above mean something only if the allocator counts.
+#[test]
+fn the_allocator_counts_an_allocation() {
+    assert_eq!(allocations(|| drop(std::hint::black_box(vec![0u8; 16]))), 1);
+}
 
 #[test]
 fn the_tap_sends_and_receives_without_allocating() {

@@ -7,74 +7,19 @@
 //! global allocator (this test binary's only) sees what this thread
 //! allocates while thousands more frames go each way: nothing.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 
+use zcnet_harness::alloc::{allocations, CountingAlloc};
 use zcnet_tap::vnet_hdr::VnetHdr;
 use zcnet_tap::{
     Attachment, Completion, GuestConfig, Offloads, Readiness, RxBuffers, SendMode, Sent,
     StreamAttachment, StreamEndpoint, TxFrame,
 };
 
-/// Counts the allocations of the thread that turned counting on.
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note() {
-    // `try_with`: the allocator may run while this thread's locals are
-    // being torn down.
-    let on = COUNTING.try_with(Cell::get).unwrap_or(false);
-    if on {
-        let _ = COUNT.try_with(|n| n.set(n.get() + 1));
-    }
-}
-
-// SAFETY: every call is forwarded to the system allocator with the same
-// arguments; counting touches only const-initialised thread locals of
-// plain `Cell`s, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Runs `f`, returning what this thread allocated meanwhile.
-fn allocations_during(f: impl FnOnce()) -> u64 {
-    COUNT.with(|n| n.set(0));
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    COUNT.with(Cell::get)
-}
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 const HDR_LEN: usize = 12;
 /// The longest TX frame of the run.
@@ -432,7 +377,7 @@ impl Lab {
 #[test]
 fn frames_both_ways_allocate_nothing_once_warm() {
     assert_eq!(
-        allocations_during(|| drop(std::hint::black_box(vec![0u8; 16]))),
+        allocations(|| drop(std::hint::black_box(vec![0u8; 16]))),
         1,
         "the allocator counts"
     );
@@ -440,7 +385,7 @@ fn frames_both_ways_allocate_nothing_once_warm() {
     // Warm-up: scratch buffers grow to their largest here.
     lab.run(1000);
     let (blocked, lent) = (lab.would_block, lab.lent);
-    let allocations = allocations_during(|| lab.run(3000));
+    let allocations = allocations(|| lab.run(3000));
     assert_eq!(
         allocations, 0,
         "the attachment allocated {allocations} times in 3000 frames each way"

@@ -7,6 +7,7 @@
 //! Used by the backend's integration tests, the guest tests and
 //! `zcnet-bench`; never by the daemon itself.
 
+pub mod alloc;
 pub mod daemon;
 pub mod driver;
 pub mod frames;

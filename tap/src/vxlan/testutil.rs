@@ -3,9 +3,6 @@
 //! references (etherparse, and RFC 1071 done the naive way), and an
 //! allocation counter.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
 use super::segment::TsoPlan;
@@ -311,53 +308,9 @@ pub fn verify_plan(
     n
 }
 
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-/// The system allocator, counting this thread's allocations.
-pub struct CountingAlloc;
-
-fn count() {
-    // `try_with`: never touch a thread-local that is being torn down.
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-// SAFETY: every method forwards to `System` with the caller's own
-// arguments, so `System`'s guarantees (valid, aligned, exclusively owned
-// blocks of the requested layout) are exactly what callers get. Counting
-// touches only a const-initialised `Cell<u64>` thread-local, which neither
-// allocates nor has a destructor.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged; the caller upholds the contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged: `ptr` came from this allocator,
-        // which is `System`, with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged: `ptr` came from `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: zcnet_harness::alloc::CountingAlloc = zcnet_harness::alloc::CountingAlloc;
 
-/// Allocations this thread has made so far.
-pub fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
+/// Allocations this thread has made so far (the harness's counting
+/// allocator).
+pub use zcnet_harness::alloc::thread_allocations as allocations;
