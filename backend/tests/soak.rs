@@ -7,14 +7,21 @@
 //! No chain lost, duplicated or returned early; every valid frame arrives
 //! byte for byte; zcnet's descriptors back at their count after warm-up
 //! and its RSS within the stated tolerance (see `zcnet_harness::soak`).
+//!
+//! The seed is fresh each run and printed; `ZCNET_SOAK_SEED=N` replays one.
 
 use zcnet_harness::daemon::ZcnetBin;
 use zcnet_harness::soak::{self, SoakConfig};
 
 #[test]
 fn soak_short() {
-    let seed = fastrand::u64(..);
-    eprintln!("soak seed {seed}");
+    let seed = match std::env::var("ZCNET_SOAK_SEED") {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("ZCNET_SOAK_SEED={s:?} is not a u64 seed")),
+        Err(_) => fastrand::u64(..),
+    };
+    eprintln!("soak seed {seed} (replay: ZCNET_SOAK_SEED={seed})");
     let reports = soak::run(
         &ZcnetBin::at(env!("CARGO_BIN_EXE_zcnet")),
         &SoakConfig {

@@ -42,7 +42,7 @@ use crate::frames::{self, PacketSock, GUEST_MAC, HOST_MAC};
 use crate::guest::{self, FakeGuest, GuestOpts, HDR_LEN};
 use crate::malformed::{Malformed, SCRATCH_LEN};
 use crate::netns::NetNs;
-use crate::ring::Desc;
+use crate::ring::{Desc, Used};
 use crate::setup::{Setup, TAP};
 use crate::udp_lab::{self, UdpLab};
 
@@ -366,6 +366,7 @@ impl<'a> Phase<'a> {
             end.rss_kib,
             RSS_TOLERANCE_KIB
         );
+        self.settle(host);
         self.check_counters();
         self.report.elapsed = start.elapsed();
         self.report
@@ -528,53 +529,84 @@ impl<'a> Phase<'a> {
                 next
             );
             for u in self.g.rx(0).wait_used(1, left) {
-                let buf = self
-                    .rx_posted
-                    .remove(&u.id)
-                    .unwrap_or_else(|| panic!("{}: RX chain {} came back twice", self.name, u.id));
-                self.rx_free.push(buf.addr);
-                if buf.malformed {
-                    assert_eq!(u.len, 0, "{}: a read-only RX chain was used", self.name);
-                    assert_eq!(
-                        self.g.read(buf.addr, 64),
-                        vec![0u8; 64],
-                        "{}: zcnet wrote into a read-only RX buffer",
-                        self.name
-                    );
-                    self.report.rx_malformed += 1;
-                    continue;
+                if let Some(frame) = self.returned_rx(host, u) {
+                    // As on TX, frames may overtake each other on the way.
+                    let tag = frames::tag_of(&frame).expect("tagged");
+                    match waiting.remove(&tag) {
+                        Some(f) if frame == *f => {}
+                        Some(f) => panic!(
+                            "{}: RX frame {tag} arrived as {} bytes that differ from the {} sent",
+                            self.name,
+                            frame.len(),
+                            f.len()
+                        ),
+                        None => panic!(
+                            "{}: RX frame {tag} arrived twice or was not sent in this round",
+                            self.name
+                        ),
+                    }
+                    next += 1;
                 }
-                self.rx_good_posted -= 1;
-                let got = self.g.read(buf.addr, u.len as usize);
-                let frame = &got[HDR_LEN.min(got.len())..];
-                if frames::tag_of(frame).is_none() {
-                    assert!(
-                        host.has_noise(),
-                        "{}: an RX buffer holds a frame nobody sent ({} bytes)",
-                        self.name,
-                        u.len
-                    );
-                    continue;
-                }
-                // As on TX, frames may overtake each other on the way.
-                let tag = frames::tag_of(frame).expect("tagged");
-                match waiting.remove(&tag) {
-                    Some(f) if frame == &f[..] => {}
-                    Some(f) => panic!(
-                        "{}: RX frame {tag} arrived as {} bytes that differ from the {} sent",
-                        self.name,
-                        frame.len(),
-                        f.len()
-                    ),
-                    None => panic!(
-                        "{}: RX frame {tag} arrived twice or was not sent in this round",
-                        self.name
-                    ),
-                }
-                next += 1;
             }
         }
         self.report.rx_frames += n as u64;
+    }
+
+    /// Accounts for one RX chain the device returned: a read-only one
+    /// must come back unwritten with length 0 (and is counted); a good one
+    /// holds a frame. Returns the frame if it is one of the soak's (tagged),
+    /// `None` for a malformed chain or the far side's own traffic.
+    fn returned_rx(&mut self, host: &dyn Host, u: Used) -> Option<Vec<u8>> {
+        let buf = self
+            .rx_posted
+            .remove(&u.id)
+            .unwrap_or_else(|| panic!("{}: RX chain {} came back twice", self.name, u.id));
+        self.rx_free.push(buf.addr);
+        if buf.malformed {
+            assert_eq!(u.len, 0, "{}: a read-only RX chain was used", self.name);
+            assert_eq!(
+                self.g.read(buf.addr, 64),
+                vec![0u8; 64],
+                "{}: zcnet wrote into a read-only RX buffer",
+                self.name
+            );
+            self.report.rx_malformed += 1;
+            return None;
+        }
+        self.rx_good_posted -= 1;
+        let got = self.g.read(buf.addr, u.len as usize);
+        let frame = got[HDR_LEN.min(got.len())..].to_vec();
+        if frames::tag_of(&frame).is_none() {
+            assert!(
+                host.has_noise(),
+                "{}: an RX buffer holds a frame nobody sent ({} bytes)",
+                self.name,
+                u.len
+            );
+            return None;
+        }
+        Some(frame)
+    }
+
+    /// Stops every ring (GET_VRING_BASE: the device answers once it has
+    /// returned every chain it will) and accounts for the RX chains it
+    /// returned after the last round ended. The device may take a
+    /// read-only RX chain that follows the last filled one without a frame
+    /// to put in it (it returns it at once, counted), so a round can end
+    /// before that chain shows up; here nothing more can come back, so the
+    /// counters can be compared exactly.
+    fn settle(&mut self, host: &dyn Host) {
+        self.g.stop_rings();
+        for u in self.g.rx(0).take_used() {
+            if let Some(frame) = self.returned_rx(host, u) {
+                panic!(
+                    "{}: RX frame {:?} ({} bytes) arrived after every frame of its round",
+                    self.name,
+                    frames::tag_of(&frame),
+                    frame.len()
+                );
+            }
+        }
     }
 
     fn post_rx(&mut self, malformed: bool) {
