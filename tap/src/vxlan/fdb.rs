@@ -659,20 +659,20 @@ mod tests {
 
     #[test]
     fn lookups_and_learning_into_reserved_room_allocate_nothing() {
-        use crate::vxlan::testutil::allocations;
         let t0 = Instant::now();
         let mut f = fdb(FdbConfig::default());
-        let before = allocations();
-        for i in 0..=255u8 {
-            f.learn(mac(i), ip(if i % 2 == 0 { A } else { B }), t0);
-        }
-        for i in 0..=255u8 {
-            let _ = f.lookup(mac(i), t0);
-            let _ = f.lookup(MacAddr([0x02, 1, 2, 3, 4, i]), t0);
-        }
-        let _ = f.lookup(MacAddr::BROADCAST, t0);
-        f.expire(t0 + DEFAULT_AGEING);
-        assert_eq!(allocations() - before, 0);
+        let n = zcnet_harness::alloc::allocations(|| {
+            for i in 0..=255u8 {
+                f.learn(mac(i), ip(if i % 2 == 0 { A } else { B }), t0);
+            }
+            for i in 0..=255u8 {
+                let _ = f.lookup(mac(i), t0);
+                let _ = f.lookup(MacAddr([0x02, 1, 2, 3, 4, i]), t0);
+            }
+            let _ = f.lookup(MacAddr::BROADCAST, t0);
+            f.expire(t0 + DEFAULT_AGEING);
+        });
+        assert_eq!(n, 0);
     }
 
     #[test]

@@ -515,11 +515,12 @@ mod tests {
             ipv6(1, 2, IPPROTO_UDP, 3, 4),
             eth(0x0806, Some(3)),
         ];
-        let before = crate::vxlan::testutil::allocations();
-        for f in &frames {
-            h.source_port(f);
-        }
-        assert_eq!(crate::vxlan::testutil::allocations() - before, 0);
+        let n = zcnet_harness::alloc::allocations(|| {
+            for f in &frames {
+                h.source_port(f);
+            }
+        });
+        assert_eq!(n, 0);
     }
 
     #[test]

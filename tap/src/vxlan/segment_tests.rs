@@ -6,7 +6,9 @@ use super::header::{encode, Underlay, Vni};
 use super::layout::{IpVersion, LayoutError, MAX_HEADERS_LEN};
 use super::partial_csum::{complete_checksum, CsumError};
 use super::segment::{SegmentError, TsoLimits, TsoPlan, MAX_FRAME_SEGMENTS, UDP_MAX_SEGMENTS};
-use super::testutil::{allocations, naive_sum, pattern, verify_plan, TcpFrame, ACK, CWR, FIN, PSH};
+use zcnet_harness::alloc::allocations;
+
+use super::testutil::{naive_sum, pattern, verify_plan, TcpFrame, ACK, CWR, FIN, PSH};
 use crate::vnet_hdr::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV6, GSO_UDP_L4};
 
 const JUMBO_V4: TsoLimits = TsoLimits {
@@ -428,49 +430,51 @@ fn planning_allocates_nothing_after_warm_up() {
         JUMBO_V4,
     )
     .unwrap();
-    let before = allocations();
-    for _ in 0..3 {
-        plan.plan(
-            &big.vnet(1448),
-            &big_frame,
-            big_frame.len(),
-            &big_frame[..],
-            &prefix,
-            JUMBO_V4,
-        )
-        .unwrap();
-        plan.plan(
-            &spec6.vnet(1000),
-            &frame6,
-            frame6.len(),
-            &frame6[..],
-            &prefix,
-            JUMBO_V4,
-        )
-        .unwrap();
-        let _ = plan.plan(
-            &big.vnet(0),
-            &big_frame,
-            big_frame.len(),
-            &big_frame[..],
-            &prefix,
-            JUMBO_V4,
-        );
-    }
-    assert_eq!(allocations() - before, 0);
+    let n = allocations(|| {
+        for _ in 0..3 {
+            plan.plan(
+                &big.vnet(1448),
+                &big_frame,
+                big_frame.len(),
+                &big_frame[..],
+                &prefix,
+                JUMBO_V4,
+            )
+            .unwrap();
+            plan.plan(
+                &spec6.vnet(1000),
+                &frame6,
+                frame6.len(),
+                &frame6[..],
+                &prefix,
+                JUMBO_V4,
+            )
+            .unwrap();
+            let _ = plan.plan(
+                &big.vnet(0),
+                &big_frame,
+                big_frame.len(),
+                &big_frame[..],
+                &prefix,
+                JUMBO_V4,
+            );
+        }
+    });
+    assert_eq!(n, 0);
     // Sized up front, even the first frame allocates nothing.
     let mut plan = TsoPlan::with_capacity(MAX_FRAME_SEGMENTS, 8 + MAX_HEADERS_LEN);
-    let before = allocations();
-    plan.plan(
-        &big.vnet(64),
-        &big_frame,
-        big_frame.len(),
-        &big_frame[..],
-        &prefix,
-        JUMBO_V4,
-    )
-    .unwrap();
-    assert_eq!(allocations() - before, 0);
+    let n = allocations(|| {
+        plan.plan(
+            &big.vnet(64),
+            &big_frame,
+            big_frame.len(),
+            &big_frame[..],
+            &prefix,
+            JUMBO_V4,
+        )
+        .unwrap();
+    });
+    assert_eq!(n, 0);
 }
 
 /// A UDP/IPv4 frame as a guest sends it with NEEDS_CSUM: the checksum

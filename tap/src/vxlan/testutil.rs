@@ -310,7 +310,3 @@ pub fn verify_plan(
 
 #[global_allocator]
 static GLOBAL: zcnet_harness::alloc::CountingAlloc = zcnet_harness::alloc::CountingAlloc;
-
-/// Allocations this thread has made so far (the harness's counting
-/// allocator).
-pub use zcnet_harness::alloc::thread_allocations as allocations;
