@@ -147,18 +147,17 @@ pub fn process(
     st.ring.unpop(&mut vs, st.chains.iter().map(|g| g.head));
     st.iov.clear();
     st.chains.clear();
-    ctx.metrics.rx_frames.inc_by(stats.frames);
-    ctx.metrics.rx_bytes.inc_by(stats.bytes);
     if stats.used {
         st.ring.notify(&mut vs)?;
     }
     result
 }
 
+/// What one pass did. Frames and bytes are counted in `deliver`, before
+/// the used ring shows each frame.
 #[derive(Default)]
 struct Stats {
-    frames: u64,
-    bytes: u64,
+    /// Chains went to the used ring since the guest was last notified.
     used: bool,
 }
 
@@ -356,6 +355,12 @@ fn deliver(
     if let Some(log) = ctx.dirty {
         st.iov.mark_written(log, 0, n);
     }
+    // Counted before the used ring shows the frame: whoever saw it arrive
+    // and then reads the counters finds it counted.
+    ctx.metrics.rx_frames.inc();
+    ctx.metrics
+        .rx_bytes
+        .inc_by(n.saturating_sub(ctx.hdr_len()) as u64);
     let mut remaining = n;
     for g in &st.chains[..filled] {
         let take = remaining.min(g.capacity);
@@ -365,8 +370,6 @@ fn deliver(
     st.chains.drain(..filled);
     st.iov.drain_front(segments, bytes);
     stats.used = true;
-    stats.frames += 1;
-    stats.bytes += n.saturating_sub(ctx.hdr_len()) as u64;
     Ok(())
 }
 

@@ -84,11 +84,11 @@ struct Frame {
     reason: Option<CopyReason>,
 }
 
-/// What one drain moved.
+/// What one drain did. Frames and bytes are counted per batch in `send`,
+/// before the used ring shows any of its chains: whoever saw a chain come
+/// back and then reads the counters finds its frame counted.
 #[derive(Default)]
 struct Stats {
-    frames: u64,
-    bytes: u64,
     /// Chains went to the used ring since the guest was last notified.
     used: bool,
 }
@@ -156,7 +156,6 @@ pub fn process(
     let view = MemView::new(mem);
     let mut stats = Stats {
         used: reap(ctx, st, &mut vs)?,
-        ..Stats::default()
     };
     let result = drain(ctx, st, &mut vs, &view, &mut stats);
     for iov in &mut st.iovs {
@@ -169,8 +168,6 @@ pub fn process(
     stats.used |= reap(ctx, st, &mut vs)?;
     ctx.metrics.lent_chains.set(st.lending.lent() as i64);
     ctx.metrics.lent_chains_max.set(st.lending.max_lent as i64);
-    ctx.metrics.tx_frames.inc_by(stats.frames);
-    ctx.metrics.tx_bytes.inc_by(stats.bytes);
     if stats.used {
         st.ring.notify(&mut vs)?;
     }
@@ -205,14 +202,7 @@ fn drain(
                 break;
             }
             // A long drain tells the guest partway (if it asked), and takes
-            // in completions of lent chains. The counters too: a guest that
-            // keeps the ring full keeps this loop going as long as it sends.
-            ctx.metrics
-                .tx_frames
-                .inc_by(std::mem::take(&mut stats.frames));
-            ctx.metrics
-                .tx_bytes
-                .inc_by(std::mem::take(&mut stats.bytes));
+            // in completions of lent chains.
             stats.used |= reap(ctx, st, vs)?;
             if stats.used {
                 st.ring.notify(vs)?;
@@ -352,6 +342,23 @@ fn send(
     };
     drop(frames);
 
+    // Counted before any chain of the batch reaches the used ring (see
+    // `Stats`): every frame the attachment took, sent or lent.
+    let (mut sent, mut sent_bytes) = (0, 0);
+    for (p, r) in st
+        .batch
+        .iter()
+        .filter_map(|p| p.frame.as_ref())
+        .zip(&st.results[..taken])
+    {
+        if r.is_ok() {
+            sent += 1;
+            sent_bytes += p.len as u64;
+        }
+    }
+    ctx.metrics.tx_frames.inc_by(sent);
+    ctx.metrics.tx_bytes.inc_by(sent_bytes);
+
     let mut next = 0;
     for (i, p) in st.batch.iter().enumerate() {
         let Some(f) = &p.frame else {
@@ -374,16 +381,12 @@ fn send(
                 if f.reason.is_some() || f.mode == SendMode::Lend {
                     ctx.metrics.zc_copy_fallbacks.inc();
                 }
-                stats.frames += 1;
-                stats.bytes += f.len as u64;
                 st.ring.add_used(vs, p.head, 0)?;
                 stats.used = true;
             }
             Ok(Sent::Lent { first_id, last_id }) => {
                 // Not on the used ring until the kernel releases the
                 // pages: see `reap`.
-                stats.frames += 1;
-                stats.bytes += f.len as u64;
                 ctx.metrics.zc_sends.inc();
                 st.lending.lend(p.head, first_id, last_id);
             }

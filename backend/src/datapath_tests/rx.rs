@@ -1,6 +1,8 @@
 //! RX: chains gathered, returned or given back; `num_buffers`; a frame
 //! held for want of room; frames that can never fit.
 
+use std::sync::{Arc, Mutex};
+
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -35,6 +37,40 @@ fn frames_of(delivered: &[Delivered]) -> Vec<Vec<u8>> {
 
 fn heads(posted: &[Posted]) -> Vec<u16> {
     posted.iter().map(|p| p.head).collect()
+}
+
+engine_test! {
+/// The counters move before the used ring does: whoever saw a frame
+/// arrive and then reads them finds it counted. The read of the second
+/// frame looks at the first frame's chain and the counters.
+fn a_frame_is_counted_before_the_used_ring_shows_it() {
+    let h = Setup::default().build();
+    h.rx.post(2, BUF);
+    h.fake.push_rx(frame(100, 1));
+    h.fake.push_rx(frame(200, 2));
+    let (rx, metrics) = (h.rx.clone(), h.metrics.clone());
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    h.fake.on_recv(move |n| {
+        if n == 2 {
+            *s.lock().unwrap() = Some((
+                rx.used_idx(),
+                metrics.rx_frames.get(),
+                metrics.rx_bytes.get(),
+            ));
+        }
+    });
+    h.rx_kick();
+
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some((1, 1, 100)),
+        "(used.idx, frames, bytes) before the second frame was read"
+    );
+    assert_eq!(h.rx.take_used().len(), 2);
+    assert_eq!(h.metrics.rx_frames.get(), 2);
+    assert_eq!(h.metrics.rx_bytes.get(), 300);
+}
 }
 
 engine_test! {

@@ -61,6 +61,47 @@ fn chains_published_while_notifications_are_off_go_out_in_the_same_event() {
 }
 
 engine_test! {
+/// The counters move before the used ring does: whoever saw a chain come
+/// back and then reads them (an operator, a test scraping the daemon)
+/// finds its frame counted. Here a second batch follows in the same pass
+/// (a chain published while the first was written), and its first send
+/// looks at the first batch's chains and the counters.
+fn a_frame_is_counted_before_its_chain_is_used() {
+    let h = Setup::default().build();
+    for i in 0..4 {
+        h.send(&frame(100, i));
+    }
+    let late = h.wire(&frame(60, 9));
+    let (tx, metrics) = (h.tx.clone(), h.metrics.clone());
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    h.fake.on_send(move |n| match n {
+        4 => {
+            tx.send(&late);
+        }
+        5 => {
+            *s.lock().unwrap() = Some((
+                tx.used_idx(),
+                metrics.tx_frames.get(),
+                metrics.tx_bytes.get(),
+            ));
+        }
+        _ => {}
+    });
+    h.tx_kick();
+
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some((4, 4, 400)),
+        "(used.idx, frames, bytes) while the second batch was written"
+    );
+    assert_eq!(h.tx.take_used().len(), 5);
+    assert_eq!(h.metrics.tx_frames.get(), 5);
+    assert_eq!(h.metrics.tx_bytes.get(), 460);
+}
+}
+
+engine_test! {
 fn a_send_that_would_block_leaves_the_chain_on_the_avail_ring_until_writable() {
     let h = Setup::default().build();
     h.fake.reply([Reply::WouldBlock]);

@@ -49,7 +49,16 @@ pub struct SentFrame {
     pub sent: Sent,
 }
 
-type SendHook = Box<dyn FnMut(usize) + Send>;
+/// Called with the number of the send (or read) it follows or precedes.
+type Hook = Box<dyn FnMut(usize) + Send>;
+
+/// The test's hooks into the datapath's calls.
+#[derive(Default)]
+struct Hooks {
+    send: Option<Hook>,
+    recv: Option<Hook>,
+    recvs: usize,
+}
 
 #[derive(Default)]
 struct State {
@@ -89,14 +98,14 @@ pub struct FakeAttachment {
     fd: OwnedFd,
     engine: Engine,
     state: Arc<Mutex<State>>,
-    hook: Arc<Mutex<Option<SendHook>>>,
+    hooks: Arc<Mutex<Hooks>>,
 }
 
 /// The test's half: scripts and inspects the attachment.
 #[derive(Clone)]
 pub struct Fake {
     state: Arc<Mutex<State>>,
-    hook: Arc<Mutex<Option<SendHook>>>,
+    hooks: Arc<Mutex<Hooks>>,
 }
 
 /// A fresh fake; `can_lend` says whether it is a socket that can take
@@ -107,15 +116,15 @@ pub fn fake(can_lend: bool, engine: Engine) -> (FakeAttachment, Fake) {
         can_lend,
         ..State::default()
     }));
-    let hook = Arc::new(Mutex::new(None));
+    let hooks = Arc::new(Mutex::new(Hooks::default()));
     (
         FakeAttachment {
             fd: super::eventfd(),
             engine,
             state: state.clone(),
-            hook: hook.clone(),
+            hooks: hooks.clone(),
         },
-        Fake { state, hook },
+        Fake { state, hooks },
     )
 }
 
@@ -166,7 +175,15 @@ impl Fake {
     /// the kernel (publish chains, deliver completions) in the middle of a
     /// drain. The hook must not call `on_send` itself.
     pub fn on_send(&self, hook: impl FnMut(usize) + Send + 'static) {
-        *lock(&self.hook) = Some(Box::new(hook));
+        lock(&self.hooks).send = Some(Box::new(hook));
+    }
+
+    /// Calls `hook` before each read with the read's number (1 for the
+    /// first), outside the fake's lock: the hook sees the guest's rings as
+    /// they are between two frames of one pass. The hook must not call
+    /// `on_recv` itself.
+    pub fn on_recv(&self, hook: impl FnMut(usize) + Send + 'static) {
+        lock(&self.hooks).recv = Some(Box::new(hook));
     }
 
     /// Queues a frame (without virtio-net header) for the guest; the fake
@@ -254,7 +271,7 @@ impl Attachment for FakeAttachment {
 
     fn send(&mut self, frame: &mut TxFrame<'_>, mode: SendMode) -> io::Result<Sent> {
         let (attempt, result) = self.take(frame, mode);
-        if let Some(hook) = lock(&self.hook).as_mut() {
+        if let Some(hook) = lock(&self.hooks).send.as_mut() {
             hook(attempt);
         }
         result
@@ -274,7 +291,7 @@ impl Attachment for FakeAttachment {
             let (attempt, result) = self.take(frame, modes[i]);
             // The guest (or the kernel) may act while the batch is being
             // written: the hook runs after each frame, as with `send`.
-            if let Some(hook) = lock(&self.hook).as_mut() {
+            if let Some(hook) = lock(&self.hooks).send.as_mut() {
                 hook(attempt);
             }
             match result {
@@ -288,6 +305,14 @@ impl Attachment for FakeAttachment {
     }
 
     fn recv(&mut self, bufs: &mut RxBuffers<'_>) -> io::Result<usize> {
+        {
+            let mut hooks = lock(&self.hooks);
+            hooks.recvs += 1;
+            let n = hooks.recvs;
+            if let Some(hook) = hooks.recv.as_mut() {
+                hook(n);
+            }
+        }
         let mut st = lock(&self.state);
         let frame = st
             .rx
