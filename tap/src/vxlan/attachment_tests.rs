@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use zcnet_harness::alloc::allocations;
 
 use super::attachment::{open, Vxlan, VxlanAttachment, VxlanConfig};
 use super::ether::MacAddr;
@@ -22,7 +23,6 @@ use super::Underlay;
 use crate::attachment::{Attachment, Completion, SendMode, Sent};
 use crate::frame::{RxBuffers, TxFrame};
 use crate::vnet_hdr::{VnetHdr, F_NEEDS_CSUM};
-use zcnet_harness::alloc::allocations;
 
 const VNI: u32 = 4242;
 const GUEST: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];

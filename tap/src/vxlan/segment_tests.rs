@@ -2,12 +2,12 @@
 //! whole frames ([`super::partial_csum`]), against the references in
 //! [`super::testutil`].
 
+use zcnet_harness::alloc::allocations;
+
 use super::header::{encode, Underlay, Vni};
 use super::layout::{IpVersion, LayoutError, MAX_HEADERS_LEN};
 use super::partial_csum::{complete_checksum, CsumError};
 use super::segment::{SegmentError, TsoLimits, TsoPlan, MAX_FRAME_SEGMENTS, UDP_MAX_SEGMENTS};
-use zcnet_harness::alloc::allocations;
-
 use super::testutil::{naive_sum, pattern, verify_plan, TcpFrame, ACK, CWR, FIN, PSH};
 use crate::vnet_hdr::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV6, GSO_UDP_L4};
 
@@ -419,61 +419,24 @@ fn planning_allocates_nothing_after_warm_up() {
     let mut spec6 = TcpFrame::new(true, 40_000);
     spec6.vlan = Some(3);
     let frame6 = spec6.build();
+    // Each frame whole in one slice (headers and payload), behind the prefix.
+    let plan_whole = |plan: &mut TsoPlan, vnet: &VnetHdr, frame: &[u8]| {
+        plan.plan(vnet, frame, frame.len(), frame, &prefix, JUMBO_V4)
+    };
     let mut plan = TsoPlan::new();
     // Warm-up: the largest frame grows the buffers.
-    plan.plan(
-        &big.vnet(500),
-        &big_frame,
-        big_frame.len(),
-        &big_frame[..],
-        &prefix,
-        JUMBO_V4,
-    )
-    .unwrap();
+    plan_whole(&mut plan, &big.vnet(500), &big_frame).unwrap();
     let n = allocations(|| {
         for _ in 0..3 {
-            plan.plan(
-                &big.vnet(1448),
-                &big_frame,
-                big_frame.len(),
-                &big_frame[..],
-                &prefix,
-                JUMBO_V4,
-            )
-            .unwrap();
-            plan.plan(
-                &spec6.vnet(1000),
-                &frame6,
-                frame6.len(),
-                &frame6[..],
-                &prefix,
-                JUMBO_V4,
-            )
-            .unwrap();
-            let _ = plan.plan(
-                &big.vnet(0),
-                &big_frame,
-                big_frame.len(),
-                &big_frame[..],
-                &prefix,
-                JUMBO_V4,
-            );
+            plan_whole(&mut plan, &big.vnet(1448), &big_frame).unwrap();
+            plan_whole(&mut plan, &spec6.vnet(1000), &frame6).unwrap();
+            let _ = plan_whole(&mut plan, &big.vnet(0), &big_frame);
         }
     });
     assert_eq!(n, 0);
     // Sized up front, even the first frame allocates nothing.
     let mut plan = TsoPlan::with_capacity(MAX_FRAME_SEGMENTS, 8 + MAX_HEADERS_LEN);
-    let n = allocations(|| {
-        plan.plan(
-            &big.vnet(64),
-            &big_frame,
-            big_frame.len(),
-            &big_frame[..],
-            &prefix,
-            JUMBO_V4,
-        )
-        .unwrap();
-    });
+    let n = allocations(|| plan_whole(&mut plan, &big.vnet(64), &big_frame).unwrap());
     assert_eq!(n, 0);
 }
 
