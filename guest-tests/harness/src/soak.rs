@@ -529,9 +529,8 @@ impl<'a> Phase<'a> {
                 next
             );
             for u in self.g.rx(0).wait_used(1, left) {
-                if let Some(frame) = self.returned_rx(host, u) {
+                if let Some((tag, frame)) = self.returned_rx(host, u) {
                     // As on TX, frames may overtake each other on the way.
-                    let tag = frames::tag_of(&frame).expect("tagged");
                     match waiting.remove(&tag) {
                         Some(f) if frame == *f => {}
                         Some(f) => panic!(
@@ -554,9 +553,9 @@ impl<'a> Phase<'a> {
 
     /// Accounts for one RX chain the device returned: a read-only one
     /// must come back unwritten with length 0 (and is counted); a good one
-    /// holds a frame. Returns the frame if it is one of the soak's (tagged),
-    /// `None` for a malformed chain or the far side's own traffic.
-    fn returned_rx(&mut self, host: &dyn Host, u: Used) -> Option<Vec<u8>> {
+    /// holds a frame. Returns the frame and its tag if it is one of the
+    /// soak's, `None` for a malformed chain or the far side's own traffic.
+    fn returned_rx(&mut self, host: &dyn Host, u: Used) -> Option<(u32, Vec<u8>)> {
         let buf = self
             .rx_posted
             .remove(&u.id)
@@ -576,7 +575,7 @@ impl<'a> Phase<'a> {
         self.rx_good_posted -= 1;
         let got = self.g.read(buf.addr, u.len as usize);
         let frame = got[HDR_LEN.min(got.len())..].to_vec();
-        if frames::tag_of(&frame).is_none() {
+        let Some(tag) = frames::tag_of(&frame) else {
             assert!(
                 host.has_noise(),
                 "{}: an RX buffer holds a frame nobody sent ({} bytes)",
@@ -584,8 +583,8 @@ impl<'a> Phase<'a> {
                 u.len
             );
             return None;
-        }
-        Some(frame)
+        };
+        Some((tag, frame))
     }
 
     /// Stops every ring (GET_VRING_BASE: the device answers once it has
@@ -598,11 +597,10 @@ impl<'a> Phase<'a> {
     fn settle(&mut self, host: &dyn Host) {
         self.g.stop_rings();
         for u in self.g.rx(0).take_used() {
-            if let Some(frame) = self.returned_rx(host, u) {
+            if let Some((tag, frame)) = self.returned_rx(host, u) {
                 panic!(
-                    "{}: RX frame {:?} ({} bytes) arrived after every frame of its round",
+                    "{}: RX frame {tag} ({} bytes) arrived after every frame of its round",
                     self.name,
-                    frames::tag_of(&frame),
                     frame.len()
                 );
             }
