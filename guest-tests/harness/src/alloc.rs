@@ -53,12 +53,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
 /// Runs `f`, returning the heap allocations this thread made meanwhile
 /// (0 unless [`CountingAlloc`] is the binary's global allocator).
 pub fn allocations(f: impl FnOnce()) -> u64 {
-    let before = thread_allocations();
+    let before = COUNT.with(Cell::get);
     f();
-    thread_allocations() - before
-}
-
-/// The heap allocations this thread has made so far.
-pub fn thread_allocations() -> u64 {
-    COUNT.with(Cell::get)
+    COUNT.with(Cell::get) - before
 }

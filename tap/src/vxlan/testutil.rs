@@ -1,7 +1,8 @@
 //! Test helpers for the VXLAN building blocks (compiled for tests only):
 //! frames built the way a guest builds them, checks against independent
-//! references (etherparse, and RFC 1071 done the naive way), and an
-//! allocation counter.
+//! references (etherparse, and RFC 1071 done the naive way), and the
+//! test binary's global allocator (the harness's counting one, read with
+//! `zcnet_harness::alloc::allocations`).
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
